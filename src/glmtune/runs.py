@@ -1,6 +1,6 @@
 """The run folder: its layout, atomic writes, and saving/loading what a run produced.
 
-Layout (docs/DESIGN.md): config.yaml · adapter/ or model/ · head.safetensors + labels.json · metrics.json ·
+Layout (docs/DESIGN.md): config.yaml · adapter/ or body.safetensors · head.safetensors + labels.json · metrics.json ·
 predictions.jsonl · log.jsonl · tb/ · loss.png · confusion.png · checkpoints/.
 Everything is written to a temporary name in the same folder and renamed, so a killed process never leaves
 a half-written file behind.
@@ -95,7 +95,7 @@ class RunDir:
     confusion_plot = property(lambda self: self.path / "confusion.png")
     checkpoints = property(lambda self: self.path / "checkpoints")
     adapter = property(lambda self: self.path / "adapter")  # peft adapter (LoRA)
-    model = property(lambda self: self.path / "model")  # trainable body weights (full/freeze)
+    body = property(lambda self: self.path / "body.safetensors")  # trained body tensors (full/freeze)
     head = property(lambda self: self.path / "head.safetensors")
     labels = property(lambda self: self.path / "labels.json")
 
@@ -132,7 +132,7 @@ class RunDir:
                 file=str(self.path),
                 expected=f"format {RUN_FORMAT}; re-train with this glmtune version",
             )
-        if need_weights and not (self.head.is_file() or self.adapter.is_dir() or self.model.is_dir()):
+        if need_weights and not self.head.is_file():
             raise UserError("run folder holds no trained weights (did training finish?)", file=str(self.path))
         return info
 

@@ -1,0 +1,322 @@
+"""The training recipe: ``run(cfg)`` reads top to bottom in the order things happen.
+
+seed → data → model → method → batches → optimizer → loop (evaluate, keep best, early-stop, checkpoint)
+→ restore best → test → write metrics, predictions, plots.
+
+accelerate owns devices, mixed precision, gradient accumulation, DDP and checkpoint state; the loop itself is
+written out below.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from glmtune import config as config_mod
+from glmtune import methods
+from glmtune.config import Config, TrainConfig
+from glmtune.errors import UserError
+from glmtune.runs import RunDir, atomic_write_json, atomic_write_text, prune, read_json
+
+CHECKPOINT_PREFIX = "step-"
+
+
+@dataclass
+class TrainerState:
+    """What a resumed run needs besides weights, optimizer and RNG (accelerate saves those)."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of `epoch` already consumed on this process
+    best_metric: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0  # evaluations since the last improvement (early stopping)
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def mixed_precision(train: TrainConfig) -> str:
+    """``auto`` → bf16 where the hardware does it natively (AMX/AVX512-BF16 CPUs, Ampere+ GPUs), else fp32."""
+    if train.mixed_precision != "auto":
+        return train.mixed_precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "no"
+    return "bf16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "no"
+
+
+def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD; no weight decay on norms, biases and other 1-d tensors; the head may have its own lr."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_head = name.startswith("head.")
+        decay = param.ndim >= 2 and "norm" not in name.lower()
+        groups.setdefault((is_head, decay), []).append(param)
+    param_groups = [
+        {
+            "params": params,
+            "lr": (train.head_lr or train.lr) if is_head else train.lr,
+            "weight_decay": train.weight_decay if decay else 0.0,
+        }
+        for (is_head, decay), params in groups.items()
+    ]
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=train.lr, momentum=train.momentum)
+    return torch.optim.AdamW(param_groups, lr=train.lr)
+
+
+def total_steps(train: TrainConfig, batches_per_epoch: int) -> int:
+    """Optimizer steps for the run: max_steps, else epochs × batches ÷ accumulation."""
+    if train.max_steps is not None:
+        return train.max_steps
+    return max(1, math.ceil(train.epochs * batches_per_epoch / train.grad_accum))
+
+
+def improved(value: float, best: float | None, train: TrainConfig) -> bool:
+    if best is None:
+        return True
+    delta = value - best if train.greater_is_better else best - value
+    return delta > train.min_delta
+
+
+def latest_checkpoint(run: RunDir) -> Path | None:
+    found = sorted(run.checkpoints.glob(f"{CHECKPOINT_PREFIX}*")) if run.checkpoints.is_dir() else []
+    found = [p for p in found if (p / "trainer_state.json").is_file()]
+    return found[-1] if found else None
+
+
+# --------------------------------------------------------------------------- evaluation pass
+
+
+@torch.no_grad()
+def predict(model, loader, accelerator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Class probabilities over a whole (sharded) loader, gathered in dataset order.
+
+    Returns ``probs`` [n, num_labels], ``gold`` [n], mean cross-entropy.
+    """
+    was_training = model.training
+    model.eval()
+    indices, logits_all, gold_all = [], [], []
+    for batch in loader:
+        with accelerator.autocast():
+            logits = model(batch["input_ids"], batch["attention_mask"])  # [batch, num_labels]
+        index, logits, gold = accelerator.gather_for_metrics((batch["index"], logits.float(), batch["labels"]))
+        indices.append(index.cpu())
+        logits_all.append(logits.cpu())
+        gold_all.append(gold.cpu())
+    model.train(was_training)
+    order = torch.argsort(torch.cat(indices))  # batches were length-sorted: put rows back in file order
+    logits = torch.cat(logits_all)[order]  # [n, num_labels]
+    gold = torch.cat(gold_all)[order]  # [n]
+    loss = F.cross_entropy(logits, gold).item() if len(gold) else float("nan")
+    return logits.softmax(-1), gold, loss
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Train ``cfg`` into the run folder ``output``; returns the folder. Bad input raises UserError early."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed, skip_first_batches
+
+    from glmtune import data as data_mod
+    from glmtune import evaluate
+    from glmtune.models import load_classifier
+    from glmtune.track import Tracker
+
+    run = RunDir(output)
+    state = TrainerState()
+    checkpoint = None
+    if resume:
+        run.check(need_weights=False)
+        cfg = config_mod.load(run.config)
+        checkpoint = latest_checkpoint(run)
+    elif run.path.is_dir() and any(run.path.iterdir()) and not overwrite:
+        run.create(overwrite=False)  # raises the "not empty" error before any work is done
+    train_cfg = cfg.train
+
+    # 1. seed and devices
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision(train_cfg), gradient_accumulation_steps=train_cfg.grad_accum
+    )
+    set_seed(train_cfg.seed)
+    main = accelerator.is_main_process
+
+    # 2. data: read, validate, split (every bad-input error happens here, before the run folder is touched)
+    dataset = data_mod.load_classification(cfg.data)
+    labels = dataset.labels
+
+    # 3. model and method: which parameters train is decided once, here
+    classifier, tokenizer = load_classifier(cfg.model, len(labels), dropout=train_cfg.dropout)
+    params = methods.apply(classifier, cfg.method)
+    if train_cfg.gradient_checkpointing:
+        classifier.gradient_checkpointing_enable()
+
+    # 4. batches: tokenised once, length-grouped, padded per batch
+    pad_id = tokenizer.pad_token_id
+    splits = {name: getattr(dataset, name) for name in ("train", "validation", "test")}
+    encoded = {
+        name: data_mod.encode_examples(tokenizer, examples, train_cfg.max_seq_len) for name, examples in splits.items()
+    }
+    train_loader = data_mod.make_loader(
+        encoded["train"], train_cfg.batch_size, seed=train_cfg.seed, shuffle=True,
+        group_by_length=train_cfg.group_by_length, pad_id=pad_id,
+    )
+    eval_loaders = {
+        name: data_mod.make_loader(encoded[name], cfg.eval.batch_size, seed=0, shuffle=False,
+                                   group_by_length=True, pad_id=pad_id)
+        for name in ("validation", "test")
+    }
+
+    # 5. optimizer and schedule
+    from transformers import get_scheduler
+
+    optimizer = build_optimizer(classifier, train_cfg)
+    model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
+        classifier, optimizer, train_loader, eval_loaders["validation"], eval_loaders["test"]
+    )
+    steps = total_steps(train_cfg, len(train_loader))
+    # Not prepared by accelerate (it would step once per process); stepped once per optimizer step below.
+    scheduler = get_scheduler(train_cfg.scheduler, optimizer, math.ceil(train_cfg.warmup_ratio * steps), steps)
+    accelerator.register_for_checkpointing(scheduler)
+    trainable = {name for name, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+    # Checkpoints hold only what trains (the frozen base reloads from the model), plus optimizer/RNG/schedule.
+    accelerator.register_save_state_pre_hook(lambda _models, weights, _dir: [_keep_only(w, trainable) for w in weights])
+
+    # 6. the run folder: created only now that config, data and model are known to be good
+    if main and not resume:
+        run.create(overwrite=overwrite)
+        run.write_marker({"task": cfg.task})
+        atomic_write_text(run.config, config_mod.dump(cfg))
+        atomic_write_json(run.labels, labels)
+        atomic_write_json(run.path / "data_summary.json", dataset.summary())
+    accelerator.wait_for_everyone()
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint), strict=False)
+        state = TrainerState(**read_json(checkpoint / "trainer_state.json"))
+
+    tracker = Tracker(run, steps, enabled=main, start_step=state.step)
+    tracker.write(f"{params} · {len(splits['train'])} train / {len(splits['validation'])} validation / "
+                  f"{len(splits['test'])} test examples · {steps} steps · precision {accelerator.mixed_precision}")
+    eval_every = train_cfg.eval_steps or len(train_loader) // train_cfg.grad_accum or 1
+    save_every = train_cfg.save_steps or eval_every
+
+    # 7. the loop
+    def evaluate_validation() -> None:
+        probs, gold, loss = predict(model, val_loader, accelerator)
+        metrics = evaluate.classification_metrics(gold.tolist(), probs.numpy(), labels, loss=loss)
+        value = metrics[train_cfg.metric]
+        tracker.log(state.step, "validation", **{k: metrics[k] for k in ("loss", "accuracy", "macro_f1", "auc")})
+        state.history.append({"step": state.step, train_cfg.metric: value})
+        if value is not None and improved(value, state.best_metric, train_cfg):
+            state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
+            if main:
+                methods.save(accelerator.unwrap_model(model), cfg.method, run)
+        else:
+            state.bad_evals += 1
+        state.stopped_early = train_cfg.patience is not None and state.bad_evals >= train_cfg.patience
+
+    def save_checkpoint() -> None:
+        target = run.checkpoints / f"{CHECKPOINT_PREFIX}{state.step:07d}"
+        accelerator.save_state(str(target))
+        if main:
+            atomic_write_json(target / "trainer_state.json", state.__dict__)
+            prune(sorted(p for p in run.checkpoints.glob(f"{CHECKPOINT_PREFIX}*") if p != target) + [target],
+                  train_cfg.save_total_limit)
+        accelerator.wait_for_everyone()
+
+    model.train()
+    running_loss, running_tokens = 0.0, 0
+    while state.step < steps and not state.stopped_early:
+        train_loader.set_epoch(state.epoch)  # reshuffle: same seed + epoch → same batches on resume
+        skip = state.batches_in_epoch
+        for batch in skip_first_batches(train_loader, skip) if skip else train_loader:
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    logits = model(batch["input_ids"], batch["attention_mask"])  # [batch, num_labels]
+                loss = F.cross_entropy(logits.float(), batch["labels"])
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and train_cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running_loss += loss.item() / train_cfg.grad_accum
+            running_tokens += int(batch["attention_mask"].sum()) * accelerator.num_processes
+            state.batches_in_epoch += 1
+            epoch_done = state.batches_in_epoch == len(train_loader)
+            if epoch_done:  # a checkpoint taken from here on resumes at the start of the next epoch
+                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            state.step += 1
+            lr = scheduler.get_last_lr()[0]
+            tracker.update(state.step, loss=running_loss, lr=lr, tokens=running_tokens)
+            if state.step % train_cfg.log_steps == 0 or state.step == 1:
+                tracker.log(state.step, "train", loss=running_loss, lr=lr)
+            running_loss, running_tokens = 0.0, 0
+            if state.step % eval_every == 0 or state.step == steps or epoch_done:
+                evaluate_validation()
+            if state.step % save_every == 0 or state.step == steps or state.stopped_early:
+                save_checkpoint()
+            if state.step >= steps or state.stopped_early:
+                break
+    if state.stopped_early:
+        tracker.write(f"early stop at step {state.step}: no {train_cfg.metric} gain for {train_cfg.patience} evals")
+
+    # 8. the best weights back, then the held-out test set
+    accelerator.wait_for_everyone()
+    if state.best_step is not None:
+        methods.restore(accelerator.unwrap_model(model), cfg.method, run)
+    results = {}
+    for name, loader in (("validation", val_loader), ("test", test_loader)):
+        probs, gold, loss = predict(model, loader, accelerator)
+        results[name] = evaluate.classification_metrics(gold.tolist(), probs.numpy(), labels, loss=loss)
+        if name == "test" and main:
+            texts = [example.text for example in splits["test"]]
+            rows = evaluate.prediction_rows(texts, gold.tolist(), probs.numpy(), labels)
+            evaluate.write_predictions(run.predictions, rows)
+    tracker.close()
+    if main:
+        results["best_step"] = state.best_step
+        results["steps"] = state.step
+        atomic_write_json(run.metrics, results)
+        evaluate.plot_confusion(results["test"]["confusion_matrix"], labels, run.confusion_plot)
+        print(evaluate.format_metrics_table({k: results[k] for k in ("validation", "test")}))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return run.path
+
+
+def _keep_only(weights: dict[str, torch.Tensor], names: set[str]) -> None:
+    for key in [k for k in weights if k not in names]:
+        del weights[key]
+
+
+def describe(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's metrics (for scripts and the CLI)."""
+    return json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
+
+
+def default_output(config_path: str | None) -> Path:
+    name = Path(config_path).stem if config_path else "default"
+    return Path(os.environ.get("GLMTUNE_RUNS", "runs")) / name
+
+
+__all__ = ["run", "predict", "TrainerState", "UserError", "default_output", "describe"]
