@@ -1,6 +1,6 @@
 """The training recipe: ``run(cfg)`` reads top to bottom in the order things happen.
 
-seed → data → model → method → batches → optimizer → loop (evaluate, keep best, early-stop, checkpoint)
+data → seed → model → method → batches → optimizer → loop (evaluate, keep best, early-stop, checkpoint)
 → restore best → test → write metrics, predictions, plots.
 
 accelerate owns devices, mixed precision, gradient accumulation, DDP and checkpoint state; the loop itself is
@@ -151,16 +151,16 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
         run.create(overwrite=False)  # raises the "not empty" error before any work is done
     train_cfg = cfg.train
 
-    # 1. seed and devices
+    # 1. data: read, validate, split (every bad-input error happens here, before the run folder is touched)
+    dataset = data_mod.load_classification(cfg.data)
+    labels = dataset.labels
+
+    # 2. seed and devices
     accelerator = Accelerator(
         mixed_precision=mixed_precision(train_cfg), gradient_accumulation_steps=train_cfg.grad_accum
     )
     set_seed(train_cfg.seed)
     main = accelerator.is_main_process
-
-    # 2. data: read, validate, split (every bad-input error happens here, before the run folder is touched)
-    dataset = data_mod.load_classification(cfg.data)
-    labels = dataset.labels
 
     # 3. model and method: which parameters train is decided once, here
     classifier, tokenizer = load_classifier(cfg.model, len(labels), dropout=train_cfg.dropout)
