@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from glmtune.evaluate import classification_metrics, format_metrics_table, plot_confusion, prediction_rows
+from glmtune.evaluate import (
+    classification_metrics,
+    format_metrics_table,
+    plot_confusion,
+    prediction_rows,
+    write_predictions,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LABELS = ["pos", "neg", "mid"]
@@ -154,3 +160,12 @@ def test_prediction_rows():
     unlabelled = prediction_rows(["a"], None, np.array([[0.9, 0.1]]), ["neg", "pos"])
     assert unlabelled == [{"text": "a", "pred": "neg", "probs": {"neg": 0.9, "pos": 0.1}}]
     assert json.loads(json.dumps(rows)) == rows
+
+
+def test_write_predictions_round_trips(tmp_path):
+    rows = prediction_rows(["很好", "差"], [1, 0], np.array([[0.25, 0.75], [0.6, 0.4]]), ["负面", "正面"])
+    path = tmp_path / "predictions.jsonl"
+    write_predictions(path, rows)
+    text = path.read_text(encoding="utf-8")
+    assert "很好" in text  # not \\u-escaped
+    assert [json.loads(line) for line in text.splitlines()] == rows

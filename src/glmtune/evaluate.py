@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from glmtune.runs import atomic_path
+from glmtune.runs import atomic_path, atomic_write_jsonl
 
 # =========================================================================== classification metrics
 
@@ -236,6 +236,11 @@ def prediction_rows(
         row["probs"] = {name: float(p) for name, p in zip(labels, probs[i], strict=True)}
         rows.append(row)
     return rows
+
+
+def write_predictions(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write prediction rows as JSON lines (predictions.jsonl), atomically; Chinese text stays readable."""
+    atomic_write_jsonl(path, rows)
 
 
 # =========================================================================== generation metrics
