@@ -86,6 +86,17 @@ def test_float32_probs_give_the_same_numbers():
     assert m32["confusion_matrix"] == m64["confusion_matrix"]
 
 
+def test_half_precision_probs_do_not_trip_sklearn():
+    import torch
+
+    probs = torch.softmax(torch.randn(64, 5, generator=torch.Generator().manual_seed(0)), dim=-1)
+    rough = probs.to(torch.bfloat16).float().numpy()  # rows sum to 1 only within ~1e-2
+    gold = list(range(5)) * 12 + [0, 1, 2, 3]
+    m = classification_metrics(gold, rough, list("abcde"))
+    per_class = [skm.roc_auc_score(np.array(gold) == c, rough[:, c]) for c in range(5)]
+    assert m["auc"] == pytest.approx(np.mean(per_class))
+
+
 def test_absent_class_keeps_its_row_and_auc_is_none():
     gold = [0, 1, 0, 1]  # class 2 never appears
     probs = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.3, 0.6, 0.1]])
