@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from glmtune.runs import RunDir
-from glmtune.track import Tracker, metrics_plot_path, plot_curves, read_log
+from glmtune.track import Tracker, plot_curves, read_log
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -87,7 +87,7 @@ def test_log_jsonl_tensorboard_and_plots(tmp_path, capsys):
     assert "validation/note" not in tb
 
     assert_png(run_dir.loss_plot)
-    assert_png(metrics_plot_path(run_dir))
+    assert_png(run_dir.metrics_plot)
     captured = capsys.readouterr()
     assert "a message" in captured.out
     assert "tok/s=" in captured.err and "lr=4.00e-04" in captured.err

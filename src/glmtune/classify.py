@@ -68,4 +68,4 @@ def predict_texts(loaded: LoadedRun, texts: list[str], batch_size: int | None = 
 
 
 def prediction(probs_row: torch.Tensor, labels: list[str]) -> dict[str, Any]:
-    return {"label": labels[int(probs_row.argmax())], "probs": {l: round(float(p), 6) for l, p in zip(labels, probs_row)}}
+    return {"label": labels[int(probs_row.argmax())], "probs": {name: round(float(p), 6) for name, p in zip(labels, probs_row)}}

@@ -20,6 +20,8 @@ from typing import Any
 from glmtune.errors import UserError
 
 RUN_FORMAT = 1  # bump when the layout changes incompatibly; older folders are refused with a clear error
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 MARKER = "glmtune.json"  # written first: marks a folder as a glmtune run and records its format
 
 
@@ -30,6 +32,7 @@ def atomic_path(path: str | Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs should follow the user's umask
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -92,6 +95,7 @@ class RunDir:
     log = property(lambda self: self.path / "log.jsonl")
     tensorboard = property(lambda self: self.path / "tb")
     loss_plot = property(lambda self: self.path / "loss.png")
+    metrics_plot = property(lambda self: self.path / "metrics.png")
     confusion_plot = property(lambda self: self.path / "confusion.png")
     checkpoints = property(lambda self: self.path / "checkpoints")
     adapter = property(lambda self: self.path / "adapter")  # peft adapter (LoRA)

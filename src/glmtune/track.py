@@ -22,11 +22,6 @@ SMOOTHING = 0.9  # progress bar: weight of the past in the loss and tokens/s ave
 NOT_METRICS = frozenset({"step", "split", "time", "loss", "n", "epoch"})
 
 
-def metrics_plot_path(run_dir: RunDir) -> Path:
-    """Where the validation-metrics plot goes (next to loss.png)."""
-    return run_dir.path / "metrics.png"
-
-
 class Tracker:
     """Progress bar over optimizer steps, plus one JSON line and TensorBoard scalars per ``log`` call.
 
@@ -121,7 +116,7 @@ class Tracker:
     def plot(self) -> None:
         """Redraw loss.png and metrics.png from log.jsonl (also done by ``close``)."""
         if self.enabled and self.run_dir.log.is_file():
-            plot_curves(self.run_dir.log, self.run_dir.loss_plot, metrics_plot_path(self.run_dir))
+            plot_curves(self.run_dir.log, self.run_dir.loss_plot, self.run_dir.metrics_plot)
 
     def close(self) -> None:
         """Close the bar, the log and the TensorBoard writer, then draw the plots. Safe to call twice."""

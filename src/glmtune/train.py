@@ -133,7 +133,7 @@ def predict(model, loader, accelerator) -> tuple[torch.Tensor, torch.Tensor, flo
 def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
     """Train ``cfg`` into the run folder ``output``; returns the folder. Bad input raises UserError early."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed, skip_first_batches
+    from accelerate.utils import set_seed
 
     from glmtune import data as data_mod
     from glmtune import evaluate
@@ -246,7 +246,7 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
     while state.step < steps and not state.stopped_early:
         train_loader.set_epoch(state.epoch)  # reshuffle: same seed + epoch → same batches on resume
         skip = state.batches_in_epoch
-        for batch in skip_first_batches(train_loader, skip) if skip else train_loader:
+        for batch in accelerator.skip_first_batches(train_loader, skip) if skip else train_loader:
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     logits = model(batch["input_ids"], batch["attention_mask"])  # [batch, num_labels]
