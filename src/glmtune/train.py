@@ -219,6 +219,8 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
 
     # 7. the loop
     def evaluate_validation() -> None:
+        if not splits["validation"]:  # no validation data: the last weights are the ones kept
+            return
         probs, gold, loss = predict(model, val_loader, accelerator)
         metrics = evaluate.classification_metrics(gold.tolist(), probs.numpy(), labels, loss=loss)
         value = metrics[train_cfg.metric]
@@ -284,8 +286,12 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
     accelerator.wait_for_everyone()
     if state.best_step is not None:
         methods.restore(accelerator.unwrap_model(model), cfg.method, run)
-    results = {}
+    elif main:
+        methods.save(accelerator.unwrap_model(model), cfg.method, run)
+    results: dict[str, Any] = {}
     for name, loader in (("validation", val_loader), ("test", test_loader)):
+        if not splits[name]:
+            continue
         probs, gold, loss = predict(model, loader, accelerator)
         results[name] = evaluate.classification_metrics(gold.tolist(), probs.numpy(), labels, loss=loss)
         if name == "test" and main:
@@ -297,8 +303,9 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
         results["best_step"] = state.best_step
         results["steps"] = state.step
         atomic_write_json(run.metrics, results)
-        evaluate.plot_confusion(results["test"]["confusion_matrix"], labels, run.confusion_plot)
-        print(evaluate.format_metrics_table({k: results[k] for k in ("validation", "test")}))
+        if "test" in results:
+            evaluate.plot_confusion(results["test"]["confusion_matrix"], labels, run.confusion_plot)
+        print(evaluate.format_metrics_table({k: results[k] for k in ("validation", "test") if k in results}))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run.path
