@@ -1,0 +1,264 @@
+"""Classification data: read a built-in dataset or files, settle the label set, split, cap.
+
+``load_classification(cfg.data)`` is the one place that decides which examples a run trains, validates and
+tests on. Splits depend on ``data.seed`` only (never ``train.seed``), so runs with different training seeds
+are compared on the same test set. Carved-out splits are stratified by label where every class is large
+enough, and keep file order within each split so prediction files read like the source.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from glmtune.config import DataConfig
+from glmtune.data.builtin import load_builtin
+from glmtune.data.read import LINE_KEY, read_records, require_columns, where
+from glmtune.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One text with its label index (into ``ClassificationData.labels``) and where it came from."""
+
+    text: str
+    label: int
+    line: int | None  # the record's position in ``source`` (see data.read.where for what it counts)
+    source: str  # the file (or built-in dataset file) it was read from
+
+
+@dataclass
+class ClassificationData:
+    """The three splits of a classification task and its label names (index = label id)."""
+
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    labels: list[str]
+
+    def splits(self) -> dict[str, list[Example]]:
+        return {"train": self.train, "validation": self.validation, "test": self.test}
+
+    def summary(self) -> dict[str, Any]:
+        """Counts per split and class, for the run log: ``{"labels": [...], "train": {"total", "per_class"}}``."""
+        summary: dict[str, Any] = {"labels": list(self.labels)}
+        for name, examples in self.splits().items():
+            counts = Counter(example.label for example in examples)
+            summary[name] = {
+                "total": len(examples),
+                "per_class": {label: counts[index] for index, label in enumerate(self.labels)},
+            }
+        return summary
+
+
+@dataclass(frozen=True)
+class _Row:
+    """An example before its label has an index."""
+
+    text: str
+    label: str
+    line: int | None
+    source: str
+
+
+def _label_name(value: Any, path: str, line: int | None, field: str) -> str:
+    """Labels may be strings or numbers in files; normalise to the string a config's ``labels`` would hold."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return str(int(value)) if value.is_integer() else str(value)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if value is None or isinstance(
+        value, (str, float)
+    ):  # "", "  ", NaN (a missing value in a Parquet float column)
+        raise UserError("empty value", **where(path, line), field=field, expected="a non-empty label")
+    raise UserError(
+        f"got a {type(value).__name__}",
+        **where(path, line),
+        field=field,
+        expected="a string or integer label",
+    )
+
+
+def _rows_from_records(
+    records: list[dict[str, Any]], path: str, text_column: str, label_column: str
+) -> list[_Row]:
+    require_columns(records, [text_column, label_column], path)
+    rows = []
+    for record in records:
+        line, source = record.get(LINE_KEY), record.get("_source", path)
+        text = record[text_column]
+        if not isinstance(text, str):
+            raise UserError(
+                f"got a {type(text).__name__} ({text!r})",
+                **where(path, line),
+                field=text_column,
+                expected="a string",
+            )
+        rows.append(_Row(text, _label_name(record[label_column], path, line, label_column), line, source))
+    return rows
+
+
+def _read_file(path: str, cfg: DataConfig) -> list[_Row]:
+    return _rows_from_records(read_records(path), path, cfg.text_column, cfg.label_column)
+
+
+def _label_sort_key(labels: set[str]):
+    """Numeric order when every label is an integer ("2" before "10"), else alphabetical."""
+    if all(re.fullmatch(r"-?\d+", label) for label in labels):
+        return int
+    return str
+
+
+def _label_set(cfg: DataConfig, train: list[_Row], train_source: str) -> list[str]:
+    present = {row.label for row in train}
+    if len(present) < 2:
+        raise UserError(
+            f"the training data has only one class ({', '.join(sorted(present))})",
+            file=train_source,
+            field=cfg.label_column,
+            expected="at least 2 classes",
+        )
+    if cfg.labels is None:
+        return sorted(present, key=_label_sort_key(present))
+    labels = [label.strip() for label in cfg.labels]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise UserError(
+            f"duplicate labels: {', '.join(duplicates)}", field="data.labels", expected="each label once"
+        )
+    return labels
+
+
+def _check_labels(rows: list[_Row], labels: list[str], field: str, known_as: str) -> None:
+    """Every row's label is in the label set; else a UserError at the first row that is not."""
+    known = set(labels)
+    for row in rows:
+        if row.label not in known:
+            raise UserError(
+                f"label '{row.label}' is not in {known_as}",
+                **where(row.source, row.line),
+                field=field,
+                expected="one of: " + ", ".join(labels),
+            )
+
+
+def _size(size: float, total: int, name: str) -> int:
+    """A split size as a count: a fraction (< 1) of ``total``, or a whole count (>= 1)."""
+    if size == 0:
+        return 0
+    if size < 1:
+        return max(1, round(size * total))
+    if not float(size).is_integer():
+        raise UserError(f"got {size}", field=name, expected="a fraction below 1, or a whole count")
+    return int(size)
+
+
+def _take(rows: list[_Row], count: int, seed: int, what: str) -> tuple[list[_Row], list[_Row]]:
+    """Split off ``count`` rows, seeded and stratified by label where possible: (the rest, the taken)."""
+    from sklearn.model_selection import train_test_split
+
+    if count <= 0:
+        return rows, []
+    if count >= len(rows):
+        return [], rows
+    indices = list(range(len(rows)))
+    labels = [row.label for row in rows]
+    try:
+        rest, taken = train_test_split(indices, test_size=count, random_state=seed, stratify=labels)
+    except ValueError:  # a class with a single example, or fewer taken rows than classes
+        logger.warning("%s: a class is too small to stratify; splitting without stratification", what)
+        rest, taken = train_test_split(indices, test_size=count, random_state=seed)
+    return [rows[i] for i in sorted(rest)], [rows[i] for i in sorted(taken)]
+
+
+def _read_train(cfg: DataConfig) -> tuple[list[_Row], str]:
+    """The training rows and the name to report them under (the file, or the built-in dataset)."""
+    if cfg.train_file is not None:
+        return _read_file(cfg.train_file, cfg), cfg.train_file
+    assert cfg.dataset is not None  # DataConfig requires one of the two
+    return _rows_from_records(load_builtin(cfg.dataset), cfg.dataset, "text", "label"), cfg.dataset
+
+
+def _carve(
+    cfg: DataConfig,
+    train: list[_Row],
+    train_source: str,
+    validation: list[_Row] | None,
+    test: list[_Row] | None,
+) -> tuple[list[_Row], list[_Row], list[_Row]]:
+    """Split validation/test sets out of the training rows where no file gives them."""
+    total = len(train)
+    test_count = _size(cfg.test_size, total, "data.test_size") if test is None else 0
+    validation_count = _size(cfg.validation_size, total, "data.validation_size") if validation is None else 0
+    if total - test_count - validation_count < 2:
+        raise UserError(
+            f"{total} examples leave {max(total - test_count - validation_count, 0)} for training after "
+            f"{validation_count} validation and {test_count} test examples",
+            file=train_source,
+            field="data.validation_size",
+            expected="smaller data.validation_size / data.test_size, or more data",
+        )
+    train, carved_test = _take(train, test_count, cfg.seed, f"{train_source} test split")
+    train, carved_validation = _take(train, validation_count, cfg.seed, f"{train_source} validation split")
+    return (
+        train,
+        validation if validation is not None else carved_validation,
+        test if test is not None else carved_test,
+    )
+
+
+def _index(rows: list[_Row], labels: list[str]) -> list[Example]:
+    ids = {label: index for index, label in enumerate(labels)}
+    return [Example(row.text, ids[row.label], row.line, row.source) for row in rows]
+
+
+def load_classification(cfg: DataConfig) -> ClassificationData:
+    """Read, check, split and cap the data of a classification run (see the module docstring)."""
+    train, train_source = _read_train(cfg)
+    validation = _read_file(cfg.validation_file, cfg) if cfg.validation_file else None
+    test = _read_file(cfg.test_file, cfg) if cfg.test_file else None
+
+    labels = _label_set(cfg, train, train_source)
+    if cfg.labels is not None:
+        _check_labels(train, labels, "label" if cfg.train_file is None else cfg.label_column, "data.labels")
+    for rows in (validation, test):
+        if rows is not None:
+            known_as = "data.labels" if cfg.labels is not None else "the training data"
+            _check_labels(rows, labels, cfg.label_column, known_as)
+
+    train, validation, test = _carve(cfg, train, train_source, validation, test)
+    if cfg.max_train_samples is not None and cfg.max_train_samples < len(train):
+        _, train = _take(train, cfg.max_train_samples, cfg.seed, "data.max_train_samples")
+    if cfg.max_eval_samples is not None and cfg.max_eval_samples < len(validation):
+        _, validation = _take(validation, cfg.max_eval_samples, cfg.seed, "data.max_eval_samples")
+    return ClassificationData(_index(train, labels), _index(validation, labels), _index(test, labels), labels)
+
+
+def load_labelled_file(
+    path: str, text_column: str = "text", label_column: str = "label", labels: list[str] | None = None
+) -> list[Example]:
+    """Examples of one labelled file (e.g. ``glmtune eval --data``), indexed by ``labels`` (a run's label set);
+    a label outside it is an error at its line. Without ``labels`` the file's own labels, sorted."""
+    rows = _rows_from_records(read_records(path), path, text_column, label_column)
+    if labels is None:
+        present = {row.label for row in rows}
+        labels = sorted(present, key=_label_sort_key(present))
+    else:
+        _check_labels(rows, labels, label_column, "the run's labels")
+    return _index(rows, labels)
+
+
+def describe(data: ClassificationData) -> str:
+    """One line for the console: ``train 800 · validation 100 · test 100 · labels: neg, pos``."""
+    counts = " · ".join(f"{name} {len(rows)}" for name, rows in data.splits().items())
+    return f"{counts} · labels: {', '.join(data.labels)}"
