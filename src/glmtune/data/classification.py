@@ -2,8 +2,10 @@
 
 ``load_classification(cfg.data)`` is the one place that decides which examples a run trains, validates and
 tests on. Splits depend on ``data.seed`` only (never ``train.seed``), so runs with different training seeds
-are compared on the same test set. Carved-out splits are stratified by label where every class is large
-enough, and keep file order within each split so prediction files read like the source.
+are compared on the same test set. Without a test/validation file, the test set is carved from the training
+data first, then the validation set from the rest; sizes are fractions of (or counts from) all training
+rows. Carved splits are stratified by label where every class is large enough (else unstratified, with a
+warning) and keep file order within each split, so prediction files read like the source.
 """
 
 from __future__ import annotations
