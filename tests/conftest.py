@@ -89,8 +89,14 @@ def tiny_config(model_dir: Path, data_file: Path, **sections) -> dict:
         "model": {"name_or_path": str(model_dir)},
         "data": {"train_file": str(data_file), "validation_size": 16, "test_size": 16},
         "method": {"name": "lora", "lora_r": 4, "lora_alpha": 8},
-        "train": {"max_steps": 2, "batch_size": 8, "lr": 1e-2, "max_seq_len": 32, "log_steps": 1,
-                  "mixed_precision": "no"},
+        "train": {
+            "max_steps": 2,
+            "batch_size": 8,
+            "lr": 1e-2,
+            "max_seq_len": 32,
+            "log_steps": 1,
+            "mixed_precision": "no",
+        },
         "eval": {"batch_size": 16},
     }
     for section, values in sections.items():

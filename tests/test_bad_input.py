@@ -67,7 +67,9 @@ def test_single_class(tmp_path, good, capsys):
 
 
 def test_unseen_label_in_eval_data(tmp_path, good, capsys):
-    val = write_jsonl(tmp_path / "val.jsonl", [{"text": "好", "label": "pos"}, {"text": "嗯", "label": "meh"}])
+    val = write_jsonl(
+        tmp_path / "val.jsonl", [{"text": "好", "label": "pos"}, {"text": "嗯", "label": "meh"}]
+    )
     err = run_cli(tmp_path, good(data={"validation_file": str(val)}), capsys=capsys)
     assert f"{val}:2" in err and "meh" in err and "label" in err
     assert_nothing_written(tmp_path)
@@ -75,7 +77,9 @@ def test_unseen_label_in_eval_data(tmp_path, good, capsys):
 
 def test_non_utf8_bytes(tmp_path, good, capsys):
     bad = tmp_path / "gbk.jsonl"
-    bad.write_bytes('{"text": "好", "label": "pos"}\n'.encode() + '{"text": "差", "label": "neg"}\n'.encode("gbk"))
+    bad.write_bytes(
+        '{"text": "好", "label": "pos"}\n'.encode() + '{"text": "差", "label": "neg"}\n'.encode("gbk")
+    )
     err = run_cli(tmp_path, good(data={"train_file": str(bad)}), capsys=capsys)
     assert f"{bad}:2" in err and "UTF-8" in err
     assert_nothing_written(tmp_path)
@@ -120,7 +124,9 @@ def test_existing_run_folder_is_refused(tmp_path, good, capsys):
 def test_real_process_exit_code_and_no_traceback(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("train:\n  lr: [1, 2]\n", encoding="utf-8")
-    proc = subprocess.run([sys.executable, "-m", "glmtune.cli", "train", str(cfg)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "glmtune.cli", "train", str(cfg)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert f"{cfg}" in proc.stderr and "train.lr" in proc.stderr

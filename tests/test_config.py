@@ -20,8 +20,17 @@ def test_defaults_are_the_builtin_demo():
 def test_overrides_reach_every_section(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 1.0e-3\nmethod:\n  name: full\n", encoding="utf-8")
-    cfg = config.load(path, ["train.lr=2e-4", "method.name=lora", "method.lora_target=[q_proj,v_proj]",
-                             "data.labels=[neg,pos]", "train.max_steps=7", "model.trust_remote_code=false"])
+    cfg = config.load(
+        path,
+        [
+            "train.lr=2e-4",
+            "method.name=lora",
+            "method.lora_target=[q_proj,v_proj]",
+            "data.labels=[neg,pos]",
+            "train.max_steps=7",
+            "model.trust_remote_code=false",
+        ],
+    )
     assert cfg.train.lr == pytest.approx(2e-4)  # "2e-4" is a YAML string: converted, not rejected
     assert cfg.method.name == "lora" and cfg.method.lora_target == ["q_proj", "v_proj"]
     assert cfg.data.labels == ["neg", "pos"] and cfg.train.max_steps == 7

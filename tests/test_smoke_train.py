@@ -37,8 +37,17 @@ def test_two_step_run_writes_the_run_folder(tmp_path, tiny_model_dir, sentiment_
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1] == str(run), "train prints the run folder as its last line"
 
-    for name in ["config.yaml", "labels.json", "metrics.json", "predictions.jsonl", "log.jsonl", "loss.png",
-                 "confusion.png", "head.safetensors", "glmtune.json"]:
+    for name in [
+        "config.yaml",
+        "labels.json",
+        "metrics.json",
+        "predictions.jsonl",
+        "log.jsonl",
+        "loss.png",
+        "confusion.png",
+        "head.safetensors",
+        "glmtune.json",
+    ]:
         assert (run / name).is_file(), name
     assert list((run / "tb").iterdir()), "TensorBoard events"
     assert json.loads((run / "labels.json").read_text()) == ["neg", "pos"]

@@ -57,8 +57,14 @@ def predict_texts(loaded: LoadedRun, texts: list[str], batch_size: int | None = 
     cfg = loaded.cfg
     examples = [Example(text=t, label=0, line=i + 1, source="input") for i, t in enumerate(texts)]
     dataset = encode_examples(loaded.tokenizer, examples, cfg.train.max_seq_len)
-    loader = make_loader(dataset, batch_size or cfg.eval.batch_size, seed=0, shuffle=False,
-                         group_by_length=True, pad_id=loaded.tokenizer.pad_token_id)
+    loader = make_loader(
+        dataset,
+        batch_size or cfg.eval.batch_size,
+        seed=0,
+        shuffle=False,
+        group_by_length=True,
+        pad_id=loaded.tokenizer.pad_token_id,
+    )
     probs = torch.zeros(len(texts), len(loaded.labels))
     for batch in loader:
         with _autocast(cfg):
@@ -68,4 +74,7 @@ def predict_texts(loaded: LoadedRun, texts: list[str], batch_size: int | None = 
 
 
 def prediction(probs_row: torch.Tensor, labels: list[str]) -> dict[str, Any]:
-    return {"label": labels[int(probs_row.argmax())], "probs": {name: round(float(p), 6) for name, p in zip(labels, probs_row)}}
+    return {
+        "label": labels[int(probs_row.argmax())],
+        "probs": {name: round(float(p), 6) for name, p in zip(labels, probs_row)},
+    }

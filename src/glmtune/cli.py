@@ -21,8 +21,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     config_path = positional.pop(0) if positional and "=" not in positional[0] else None
     if args.resume:
         if config_path or positional:
-            raise UserError("--resume continues a run with its saved config", field="train",
-                            expected="glmtune train --resume RUN_DIR (no config or overrides)")
+            raise UserError(
+                "--resume continues a run with its saved config",
+                field="train",
+                expected="glmtune train --resume RUN_DIR (no config or overrides)",
+            )
         output = Path(args.resume)
         cfg = None
     else:
@@ -41,7 +44,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     loaded = classify.load_run(args.run_dir)
     cfg = loaded.cfg
     if args.data:
-        examples = data.load_labelled_file(args.data, cfg.data.text_column, cfg.data.label_column, loaded.labels)
+        examples = data.load_labelled_file(
+            args.data, cfg.data.text_column, cfg.data.label_column, loaded.labels
+        )
         name = Path(args.data).stem
     else:
         examples = data.load_classification(cfg.data).test
@@ -63,7 +68,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from glmtune.runs import atomic_write_jsonl
 
     if (args.text is None) == (args.input is None):
-        raise UserError("give exactly one of --text and --input", expected="--text 'a review' or --input FILE")
+        raise UserError(
+            "give exactly one of --text and --input", expected="--text 'a review' or --input FILE"
+        )
     loaded = classify.load_run(args.run_dir)
     if args.text is not None:
         probs = classify.predict_texts(loaded, [args.text])
@@ -75,7 +82,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     texts = [str(r[column]) for r in records]
     probs = classify.predict_texts(loaded, texts)
     output = Path(args.output) if args.output else Path(args.input).with_suffix(".predictions.jsonl")
-    atomic_write_jsonl(output, ({"text": t, **classify.prediction(p, loaded.labels)} for t, p in zip(texts, probs)))
+    atomic_write_jsonl(
+        output, ({"text": t, **classify.prediction(p, loaded.labels)} for t, p in zip(texts, probs))
+    )
     print(output)
 
 
@@ -94,7 +103,10 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glmtune", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="glmtune",
+        description="Fine-tune ChatGLM3 and any Hugging Face causal LM, evaluate it, deploy it.",
+    )
     parser.add_argument("--version", action="version", version=f"glmtune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -129,7 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    # Overrides may follow options (`train cfg.yaml --output d train.lr=1e-4`): argparse leaves them over.
+    if args.command == "train" and all("=" in u and not u.startswith("-") for u in unknown):
+        args.args += unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.func(args)
 
 

@@ -46,19 +46,29 @@ def transformer_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """Find the stack of transformer blocks: the longest ModuleList (``model.layers``, ``encoder.layers``…)."""
     best: tuple[str, nn.ModuleList] | None = None
     for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0 and (best is None or len(module) > len(best[1])):
+        if (
+            isinstance(module, nn.ModuleList)
+            and len(module) > 0
+            and (best is None or len(module) > len(best[1]))
+        ):
             best = (name, module)
     if best is None:
-        raise UserError("cannot find the transformer layers of this model", field="method.name",
-                        expected="a model with a list of layers, or method.name: full or lora")
+        raise UserError(
+            "cannot find the transformer layers of this model",
+            field="method.name",
+            expected="a model with a list of layers, or method.name: full or lora",
+        )
     return best
 
 
 def _freeze_all_but_top(backbone: nn.Module, k: int) -> None:
     prefix, layers = transformer_layers(backbone)
     if k > len(layers):
-        raise UserError(f"got {k} but the model has {len(layers)} layers", field="method.trainable_layers",
-                        expected=f"1..{len(layers)}")
+        raise UserError(
+            f"got {k} but the model has {len(layers)} layers",
+            field="method.trainable_layers",
+            expected=f"1..{len(layers)}",
+        )
     backbone.requires_grad_(False)
     for layer in layers[len(layers) - k :]:
         layer.requires_grad_(True)
@@ -72,19 +82,23 @@ def _freeze_all_but_top(backbone: nn.Module, k: int) -> None:
 def _lora(backbone: nn.Module, cfg: MethodConfig) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
+    present = {name.rsplit(".", 1)[-1] for name, _ in backbone.named_modules()}
     lora_config = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=cfg.lora_target,
-        exclude_modules=[m for m in OUTPUT_LAYERS if m not in cfg.lora_target],
+        exclude_modules=[m for m in OUTPUT_LAYERS if m in present and m not in cfg.lora_target] or None,
         bias="none",
     )
     try:
         return get_peft_model(backbone, lora_config)
     except ValueError as error:  # peft: target modules not found in the model
-        raise UserError(str(error).split("\n")[0], field="method.lora_target",
-                        expected="module names of this model, or all-linear") from None
+        raise UserError(
+            str(error).split("\n")[0],
+            field="method.lora_target",
+            expected="module names of this model, or all-linear",
+        ) from None
 
 
 def apply(classifier: nn.Module, cfg: MethodConfig) -> ParamCount:
@@ -125,7 +139,9 @@ def load(classifier: nn.Module, cfg: MethodConfig, run: RunDir) -> None:
         from peft import PeftModel
 
         if not run.adapter.is_dir():
-            raise UserError("the run has no adapter/ folder", file=str(run.path), expected="a finished LoRA run")
+            raise UserError(
+                "the run has no adapter/ folder", file=str(run.path), expected="a finished LoRA run"
+            )
         classifier.backbone = PeftModel.from_pretrained(classifier.backbone, str(run.adapter))
     else:
         _load_into(classifier.backbone, run.body, strict_keys=False)
@@ -151,5 +167,8 @@ def _load_into(module: nn.Module, path: Path, *, strict_keys: bool) -> None:
     state = load_file(str(path))
     missing, unexpected = module.load_state_dict(state, strict=False)
     if unexpected or (strict_keys and missing):
-        raise UserError(f"weights do not fit the model (unexpected {unexpected[:3]}, missing {missing[:3]})",
-                        file=str(path), expected="weights saved from the same base model")
+        raise UserError(
+            f"weights do not fit the model (unexpected {unexpected[:3]}, missing {missing[:3]})",
+            file=str(path),
+            expected="weights saved from the same base model",
+        )

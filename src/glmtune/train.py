@@ -115,7 +115,9 @@ def predict(model, loader, accelerator) -> tuple[torch.Tensor, torch.Tensor, flo
     for batch in loader:
         with accelerator.autocast():
             logits = model(batch["input_ids"], batch["attention_mask"])  # [batch, num_labels]
-        index, logits, gold = accelerator.gather_for_metrics((batch["index"], logits.float(), batch["labels"]))
+        index, logits, gold = accelerator.gather_for_metrics(
+            (batch["index"], logits.float(), batch["labels"])
+        )
         indices.append(index.cpu())
         logits_all.append(logits.cpu())
         gold_all.append(gold.cpu())
@@ -172,15 +174,21 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
     pad_id = tokenizer.pad_token_id
     splits = {name: getattr(dataset, name) for name in ("train", "validation", "test")}
     encoded = {
-        name: data_mod.encode_examples(tokenizer, examples, train_cfg.max_seq_len) for name, examples in splits.items()
+        name: data_mod.encode_examples(tokenizer, examples, train_cfg.max_seq_len)
+        for name, examples in splits.items()
     }
     train_loader = data_mod.make_loader(
-        encoded["train"], train_cfg.batch_size, seed=train_cfg.seed, shuffle=True,
-        group_by_length=train_cfg.group_by_length, pad_id=pad_id,
+        encoded["train"],
+        train_cfg.batch_size,
+        seed=train_cfg.seed,
+        shuffle=True,
+        group_by_length=train_cfg.group_by_length,
+        pad_id=pad_id,
     )
     eval_loaders = {
-        name: data_mod.make_loader(encoded[name], cfg.eval.batch_size, seed=0, shuffle=False,
-                                   group_by_length=True, pad_id=pad_id)
+        name: data_mod.make_loader(
+            encoded[name], cfg.eval.batch_size, seed=0, shuffle=False, group_by_length=True, pad_id=pad_id
+        )
         for name in ("validation", "test")
     }
 
@@ -193,11 +201,15 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
     )
     steps = total_steps(train_cfg, len(train_loader))
     # Not prepared by accelerate (it would step once per process); stepped once per optimizer step below.
-    scheduler = get_scheduler(train_cfg.scheduler, optimizer, math.ceil(train_cfg.warmup_ratio * steps), steps)
+    scheduler = get_scheduler(
+        train_cfg.scheduler, optimizer, math.ceil(train_cfg.warmup_ratio * steps), steps
+    )
     accelerator.register_for_checkpointing(scheduler)
     trainable = {name for name, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
     # Checkpoints hold only what trains (the frozen base reloads from the model), plus optimizer/RNG/schedule.
-    accelerator.register_save_state_pre_hook(lambda _models, weights, _dir: [_keep_only(w, trainable) for w in weights])
+    accelerator.register_save_state_pre_hook(
+        lambda _models, weights, _dir: [_keep_only(w, trainable) for w in weights]
+    )
 
     # 6. the run folder: created only now that config, data and model are known to be good
     if main and not resume:
@@ -212,8 +224,15 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
         state = TrainerState(**read_json(checkpoint / "trainer_state.json"))
 
     tracker = Tracker(run, steps, enabled=main, start_step=state.step)
-    tracker.write(f"{params} · {len(splits['train'])} train / {len(splits['validation'])} validation / "
-                  f"{len(splits['test'])} test examples · {steps} steps · precision {accelerator.mixed_precision}")
+    truncated = {name: ds.num_truncated for name, ds in encoded.items() if ds.num_truncated}
+    if truncated:
+        tracker.write(
+            f"cut to train.max_seq_len={train_cfg.max_seq_len} tokens: {truncated} examples per split"
+        )
+    tracker.write(
+        f"{params} · {len(splits['train'])} train / {len(splits['validation'])} validation / "
+        f"{len(splits['test'])} test examples · {steps} steps · precision {accelerator.mixed_precision}"
+    )
     eval_every = train_cfg.eval_steps or len(train_loader) // train_cfg.grad_accum or 1
     save_every = train_cfg.save_steps or eval_every
 
@@ -224,7 +243,9 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
         probs, gold, loss = predict(model, val_loader, accelerator)
         metrics = evaluate.classification_metrics(gold.tolist(), probs.numpy(), labels, loss=loss)
         value = metrics[train_cfg.metric]
-        tracker.log(state.step, "validation", **{k: metrics[k] for k in ("loss", "accuracy", "macro_f1", "auc")})
+        tracker.log(
+            state.step, "validation", **{k: metrics[k] for k in ("loss", "accuracy", "macro_f1", "auc")}
+        )
         state.history.append({"step": state.step, train_cfg.metric: value})
         if value is not None and improved(value, state.best_metric, train_cfg):
             state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
@@ -239,8 +260,10 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
         accelerator.save_state(str(target))
         if main:
             atomic_write_json(target / "trainer_state.json", state.__dict__)
-            prune(sorted(p for p in run.checkpoints.glob(f"{CHECKPOINT_PREFIX}*") if p != target) + [target],
-                  train_cfg.save_total_limit)
+            prune(
+                sorted(p for p in run.checkpoints.glob(f"{CHECKPOINT_PREFIX}*") if p != target) + [target],
+                train_cfg.save_total_limit,
+            )
         accelerator.wait_for_everyone()
 
     model.train()
@@ -280,7 +303,9 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
             if state.step >= steps or state.stopped_early:
                 break
     if state.stopped_early:
-        tracker.write(f"early stop at step {state.step}: no {train_cfg.metric} gain for {train_cfg.patience} evals")
+        tracker.write(
+            f"early stop at step {state.step}: no {train_cfg.metric} gain for {train_cfg.patience} evals"
+        )
 
     # 8. the best weights back, then the held-out test set
     accelerator.wait_for_everyone()
