@@ -5,10 +5,12 @@ official folder loads with `AutoConfig` / `AutoModelForCausalLM` / `AutoModel` w
 Nothing here imports the rest of glmtune.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+from .chat_format import CHATGLM3, encode_conversation, encode_prompt, parse_reply, stop_ids
 from .configuration import ChatGLM3Config
 from .modeling import ChatGLM3ForCausalLM, ChatGLM3Model, ChatGLM3PreTrainedModel
+from .tokenizer import ChatGLM3Tokenizer
 
 
 def _register() -> None:
@@ -16,8 +18,27 @@ def _register() -> None:
     AutoConfig.register(ChatGLM3Config.model_type, ChatGLM3Config, exist_ok=True)
     AutoModel.register(ChatGLM3Config, ChatGLM3Model, exist_ok=True)
     AutoModelForCausalLM.register(ChatGLM3Config, ChatGLM3ForCausalLM, exist_ok=True)
+    AutoTokenizer.register(ChatGLM3Config, tokenizer_class=ChatGLM3Tokenizer, exist_ok=True)
+    # Official folders name their class "ChatGLMTokenizer" (tokenizer_config.json); without this alias
+    # AutoTokenizer silently falls back to a generic TokenizersBackend that yields wrong ids.
+    try:
+        from transformers.models.auto.tokenization_auto import REGISTERED_TOKENIZER_CLASSES
+    except ImportError:  # moved in a later transformers: ChatGLM3Tokenizer.from_pretrained still works
+        return
+    REGISTERED_TOKENIZER_CLASSES.setdefault("ChatGLMTokenizer", ChatGLM3Tokenizer)
 
 
 _register()
 
-__all__ = ["ChatGLM3Config", "ChatGLM3ForCausalLM", "ChatGLM3Model", "ChatGLM3PreTrainedModel"]
+__all__ = [
+    "CHATGLM3",
+    "ChatGLM3Config",
+    "ChatGLM3ForCausalLM",
+    "ChatGLM3Model",
+    "ChatGLM3PreTrainedModel",
+    "ChatGLM3Tokenizer",
+    "encode_conversation",
+    "encode_prompt",
+    "parse_reply",
+    "stop_ids",
+]
