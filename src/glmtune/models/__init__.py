@@ -1,0 +1,44 @@
+"""Load any model: a built-in GGUF (converted once to a cached HF folder), a local HF folder, a ChatGLM3 folder.
+
+``load_*`` take a ``ModelConfig``; ``load_classifier`` puts a small fp32 head on the transformer body.
+Names resolve lazily, so ``glmtune models`` (``list_models``) does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "BUILTIN_MODELS": "builtin",
+    "list_models": "builtin",
+    "resolve_builtin": "builtin",
+    "SequenceClassifier": "heads",
+    "load_classifier": "heads",
+    "load_backbone": "load",
+    "load_causal_lm": "load",
+    "load_tokenizer": "load",
+}
+__all__ = [
+    "BUILTIN_MODELS",
+    "SequenceClassifier",
+    "list_models",
+    "load_backbone",
+    "load_causal_lm",
+    "load_classifier",
+    "load_tokenizer",
+    "resolve_builtin",
+]
+
+if TYPE_CHECKING:
+    from glmtune.models.builtin import BUILTIN_MODELS, list_models, resolve_builtin
+    from glmtune.models.heads import SequenceClassifier, load_classifier
+    from glmtune.models.load import load_backbone, load_causal_lm, load_tokenizer
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'glmtune.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"glmtune.models.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value

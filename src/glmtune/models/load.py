@@ -1,0 +1,218 @@
+"""Load a tokenizer, a causal LM or a bare transformer body from a built-in name or a local HF folder.
+
+Always offline (``HF_HUB_OFFLINE``, ``local_files_only``): a name that is not a folder never reaches a hub.
+``trust_remote_code`` is whatever the user set (False by default). ChatGLM3 folders (``model_type: chatglm``)
+load through ``glmtune.models.chatglm3``, registered with the Auto classes, so they need no remote code.
+Every mistake a user can make with ``model.name_or_path`` is a one-line UserError, checked before
+transformers sees the folder. ``.bin`` weights are read by transformers with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from glmtune.config import ModelConfig
+from glmtune.errors import UserError
+from glmtune.models.builtin import BUILTIN_MODELS, resolve_builtin, unknown_builtin
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+# Families whose tokenizers must start every sequence with <bos> (Gemma degrades badly without it).
+NEEDS_BOS = ("gemma", "gemma2", "gemma3", "gemma3_text")
+
+
+def _offline() -> None:
+    """No hub traffic, ever; also when huggingface_hub was imported before the variables were set."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+
+
+def _field() -> dict[str, str]:
+    return {"field": "model.name_or_path"}
+
+
+def resolve_path(cfg: ModelConfig) -> Path:
+    """The local folder for ``cfg.name_or_path``: a built-in name (converted and cached) or a folder.
+
+    A folder that shares a built-in's name is reached as ``./name``."""
+    name = cfg.name_or_path
+    if name in BUILTIN_MODELS:  # the name wins over a same-named folder: a config means the same anywhere
+        return resolve_builtin(name, cfg.cache_dir)
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise unknown_builtin(name)
+    if not path.is_dir():
+        raise UserError(
+            "is a file, not a model folder",
+            file=str(path),
+            **_field(),
+            expected="a folder with config.json and weights (or a built-in model name)",
+        )
+    return path
+
+
+def read_model_config(path: Path) -> dict[str, Any]:
+    """``config.json`` of a model folder, as a dict, with one-line errors for a missing or broken file."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        found = sorted(p.name for p in path.iterdir())[:8]
+        raise UserError(
+            f"no config.json in the folder (found: {', '.join(found) or 'nothing'})",
+            file=str(path),
+            **_field(),
+            expected="a Hugging Face model folder with config.json",
+        )
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        line = getattr(error, "lineno", None)
+        raise UserError(
+            f"invalid JSON ({getattr(error, 'msg', error)})",
+            file=str(config_file),
+            line=line,
+            **_field(),
+            expected="the model's config.json",
+        ) from None
+    if not isinstance(data, dict):
+        raise UserError(
+            "not a JSON object", file=str(config_file), **_field(), expected="the model's config.json"
+        )
+    return data
+
+
+def check_weights(path: Path) -> None:
+    """A folder without weights would load as a randomly initialised model: refuse it."""
+    if any(next(path.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+        return
+    found = sorted(p.name for p in path.iterdir() if p.name != "config.json")[:8]
+    raise UserError(
+        f"no model weights in the folder (found: {', '.join(found) or 'only config.json'})",
+        file=str(path),
+        **_field(),
+        expected="*.safetensors or pytorch_model*.bin files",
+    )
+
+
+def check_model_type(path: Path, config: dict[str, Any], trust_remote_code: bool) -> str:
+    """Make sure transformers (or glmtune's ChatGLM3) knows the architecture, or remote code is allowed."""
+    model_type = config.get("model_type")
+    if model_type == "chatglm":
+        try:  # registers ChatGLM3 with the Auto classes (native, no remote code)
+            import glmtune.models.chatglm3  # noqa: F401
+        except ImportError:
+            pass
+    from transformers import CONFIG_MAPPING
+
+    if not model_type:
+        if trust_remote_code and "auto_map" in config:
+            return ""
+        raise UserError(
+            "config.json has no model_type",
+            file=str(path / "config.json"),
+            **_field(),
+            expected="a Hugging Face model folder",
+        )
+    if model_type not in CONFIG_MAPPING and not trust_remote_code:
+        where = (
+            "with its own code (auto_map in config.json)"
+            if "auto_map" in config
+            else "unknown to transformers"
+        )
+        raise UserError(
+            f"model type '{model_type}' is {where}",
+            file=str(path),
+            **_field(),
+            expected="a model type transformers supports, or set model.trust_remote_code: true "
+            "if you trust the code in this folder",
+        )
+    return model_type
+
+
+def _prepare(cfg: ModelConfig, *, need_weights: bool) -> tuple[Path, str]:
+    _offline()
+    path = resolve_path(cfg)
+    config = read_model_config(path)
+    if need_weights:
+        check_weights(path)
+    return path, check_model_type(path, config, cfg.trust_remote_code)
+
+
+def override_dropout(config: Any, dropout: float) -> list[str]:
+    """Set every ``*dropout*`` probability in ``config`` (and its sub-configs) to ``dropout``; returns their names."""
+    from transformers import PretrainedConfig
+
+    changed = []
+    for key, value in list(vars(config).items()):
+        if isinstance(value, PretrainedConfig):
+            changed += [f"{key}.{name}" for name in override_dropout(value, dropout)]
+        elif "dropout" in key and isinstance(value, (int, float)) and not isinstance(value, bool):
+            setattr(config, key, float(dropout))
+            changed.append(key)
+    return changed
+
+
+def _from_pretrained(auto_class: Any, cfg: ModelConfig, dropout: float | None) -> Any:
+    import torch
+    from transformers import AutoConfig
+
+    path, _ = _prepare(cfg, need_weights=True)
+    common = {"trust_remote_code": cfg.trust_remote_code, "local_files_only": True}
+    config = AutoConfig.from_pretrained(path, **common)
+    if dropout is not None:
+        override_dropout(config, dropout)
+    return auto_class.from_pretrained(path, config=config, dtype=getattr(torch, cfg.dtype), **common)
+
+
+def load_causal_lm(cfg: ModelConfig, *, dropout: float | None = None) -> Any:
+    """The model with its LM head (generation, chat, export), in ``cfg.dtype``, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    return _from_pretrained(AutoModelForCausalLM, cfg, dropout)
+
+
+def load_backbone(cfg: ModelConfig, dropout: float | None = None) -> Any:
+    """The transformer body without the LM head (``AutoModel``): classification never needs vocab logits."""
+    from transformers import AutoModel
+
+    return _from_pretrained(AutoModel, cfg, dropout)
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    """The model's tokenizer, with a pad token (falls back to eos) and, for Gemma, a leading <bos>."""
+    from transformers import AutoTokenizer
+
+    path, model_type = _prepare(cfg, need_weights=False)
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, trust_remote_code=cfg.trust_remote_code, local_files_only=True
+    )
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise UserError(
+                "the tokenizer has no pad, eos or unk token",
+                file=str(path),
+                **_field(),
+                expected="a tokenizer with at least an eos token",
+            )
+        tokenizer.pad_token = fallback
+    if model_type in NEEDS_BOS:
+        _ensure_bos(tokenizer, path)
+    return tokenizer
+
+
+def _ensure_bos(tokenizer: Any, path: Path) -> None:
+    def starts_with_bos() -> bool:
+        ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+        return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+    if tokenizer.bos_token_id is None or starts_with_bos():
+        return
+    tokenizer.add_bos_token = True  # transformers rebuilds the post-processor
+    if not starts_with_bos():
+        raise RuntimeError(f"{path}: cannot make the tokenizer add {tokenizer.bos_token}")
