@@ -269,9 +269,11 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
     model.train()
     running_loss, running_tokens = 0.0, 0
     while state.step < steps and not state.stopped_early:
-        train_loader.set_epoch(state.epoch)  # reshuffle: same seed + epoch → same batches on resume
-        skip = state.batches_in_epoch
-        for batch in accelerator.skip_first_batches(train_loader, skip) if skip else train_loader:
+        loader = train_loader
+        if state.batches_in_epoch:  # resuming mid-epoch: the same batches, minus those already trained on
+            loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
+        loader.set_epoch(state.epoch)  # reshuffle: same seed + epoch → same batches (also on resume)
+        for batch in loader:
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     logits = model(batch["input_ids"], batch["attention_mask"])  # [batch, num_labels]

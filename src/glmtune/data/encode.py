@@ -242,4 +242,12 @@ def make_loader(
         group_by_length=group_by_length,
     )
     pad = dataset.pad_id if pad_id is None else pad_id
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=partial(collate, pad_id=pad), num_workers=0)
+    # A private generator: creating an iterator draws a base seed from it. From the global RNG, that draw
+    # would shift every dropout mask after a resume (the resumed run creates its iterator at another time).
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=partial(collate, pad_id=pad),
+        num_workers=0,
+        generator=torch.Generator().manual_seed(seed),
+    )
