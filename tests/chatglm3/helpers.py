@@ -32,3 +32,29 @@ TINY = dict(
     add_qkv_bias=True,
     original_rope=True,
 )
+
+
+def randomize_(model, seed: int = 0):
+    """Fills a model with weights that make every part of the computation matter (not the tiny init std)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("inv_freq"):
+                continue
+            if "layernorm" in name:
+                values = torch.rand(tensor.shape, generator=generator) + 0.5
+            elif "embedding" in name:
+                values = torch.randn(tensor.shape, generator=generator)
+            else:
+                values = torch.randn(tensor.shape, generator=generator) * 0.1
+            tensor.copy_(values)
+    return model
+
+
+def tiny_model(seed: int = 0, **overrides):
+    """A randomised tiny ChatGLM3ForCausalLM in eval mode."""
+    from glmtune.models.chatglm3 import ChatGLM3Config, ChatGLM3ForCausalLM
+
+    return randomize_(ChatGLM3ForCausalLM(ChatGLM3Config(**{**TINY, **overrides})), seed).eval()

@@ -271,6 +271,9 @@ class ChatGLM3PrefixEncoder(nn.Module):
             )
         else:
             self.trans = None
+        for part in self.modules():  # see ChatGLM3PreTrainedModel._init_weights
+            if isinstance(part, (nn.Embedding, nn.Linear)):
+                part._prefix_encoder_part = True
 
     def forward(self, prefix_tokens: torch.Tensor) -> torch.Tensor:
         prefix = self.embedding(prefix_tokens)  # [batch, pre_seq_len, kv_size]
@@ -293,17 +296,17 @@ class ChatGLM3PreTrainedModel(PreTrainedModel):
         """Initialises what a checkpoint did not provide (a random model, or a new P-tuning prefix).
 
         The prefix encoder gets torch's default init (embedding N(0, 1)), which is what the official P-tuning v2
-        recipe trains from; everything else gets N(0, initializer_range), norms 1, biases 0. Children are
-        initialised before their parent, so the prefix encoder's rule overrides the generic Linear/Embedding one.
+        recipe trains from; everything else gets N(0, initializer_range), norms 1, biases 0. Loading initialises
+        only the modules whose weights are missing, so the rule is keyed on the prefix encoder's parts themselves.
         """
         std = self.config.initializer_range
-        if isinstance(module, ChatGLM3PrefixEncoder):
-            init.normal_(module.embedding.weight, mean=0.0, std=1.0)
-            if module.trans is not None:
-                for linear in (module.trans[0], module.trans[2]):
-                    init.kaiming_uniform_(linear.weight, a=5**0.5)
-                    bound = linear.in_features**-0.5
-                    init.uniform_(linear.bias, -bound, bound)
+        if getattr(module, "_prefix_encoder_part", False):
+            if isinstance(module, nn.Embedding):
+                init.normal_(module.weight, mean=0.0, std=1.0)
+            else:  # nn.Linear's own reset_parameters
+                init.kaiming_uniform_(module.weight, a=5**0.5)
+                bound = module.in_features**-0.5
+                init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
