@@ -1,0 +1,74 @@
+"""The bar to beat: TF-IDF character 1–3-grams + logistic regression on glmtune's own sentiment split.
+
+Uses exactly the train/validation/test split a glmtune config produces (same data section, same seed), so
+its test accuracy sits beside `make demo`'s in the README on identical reviews.
+
+    .venv/bin/python benchmarks/baseline_tfidf.py [examples/sentiment.yaml] [--all-train]
+
+By default it trains on the same (possibly subsampled) training split as the config; ``--all-train`` lifts
+``data.max_train_samples`` to use every training review. Results go to benchmarks/results/baseline_tfidf.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+
+from glmtune import config
+from glmtune.data import load_classification
+from glmtune.evaluate import classification_metrics
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run(cfg_path: str, all_train: bool) -> dict:
+    cfg = config.load(cfg_path)
+    data_cfg = replace(cfg.data, max_train_samples=None) if all_train else cfg.data
+    data = load_classification(data_cfg)
+    start = time.perf_counter()
+    vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2)
+    features = vectorizer.fit_transform([e.text for e in data.train])
+    model = LogisticRegression(C=4.0, max_iter=2000)
+    model.fit(features, [e.label for e in data.train])
+    result = {
+        "config": cfg_path,
+        "train_examples": len(data.train),
+        "fit_seconds": time.perf_counter() - start,
+    }
+    for split in ("validation", "test"):
+        examples = getattr(data, split)
+        probs = model.predict_proba(vectorizer.transform([e.text for e in examples]))
+        metrics = classification_metrics([e.label for e in examples], np.asarray(probs), data.labels)
+        result[split] = {k: metrics[k] for k in ("accuracy", "macro_f1", "auc", "n")}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", nargs="?", default="examples/sentiment.yaml")
+    parser.add_argument("--all-train", action="store_true", help="ignore data.max_train_samples")
+    args = parser.parse_args()
+    results = {"same_train": run(args.config, all_train=False)}
+    if args.all_train:
+        results["all_train"] = run(args.config, all_train=True)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "baseline_tfidf.json"
+    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    for name, r in results.items():
+        t = r["test"]
+        print(
+            f"{name:>10}: {r['train_examples']:>6} train · test accuracy {t['accuracy']:.4f} "
+            f"macro-F1 {t['macro_f1']:.4f} AUC {t['auc']:.4f} (n={t['n']})"
+        )
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
