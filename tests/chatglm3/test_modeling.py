@@ -9,7 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from glmtune.models.chatglm3 import ChatGLM3Config, ChatGLM3ForCausalLM, ChatGLM3Model
-from glmtune.models.chatglm3.modeling import ChatGLM3RotaryEmbedding, apply_rotary_pos_emb
+from glmtune.models.chatglm3.layers import ChatGLM3RotaryEmbedding, apply_rotary_pos_emb
 
 from .helpers import TINY, require_shared, tiny_model
 

@@ -5,6 +5,7 @@ import random
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from glmtune.models.chatglm3 import ChatGLM3Tokenizer
 from glmtune.models.chatglm3.tokenizer import SPECIAL_TOKENS
@@ -172,18 +173,29 @@ def test_apply_chat_template_uses_the_chat_format(tokenizer):
 def test_save_and_reload(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path)
     assert (tmp_path / "tokenizer.model").read_bytes() == require_shared("tokenizer.model").read_bytes()
-    reloaded = ChatGLM3Tokenizer.from_pretrained(tmp_path)
     text = "晚上睡不着应该怎么办 <|user|> sop"
-    assert reloaded.encode(text) == tokenizer.encode(text)
-    assert reloaded.padding_side == "left" and reloaded.eos_token_id == 2 and reloaded.pad_token_id == 0
+    for reloaded in (ChatGLM3Tokenizer.from_pretrained(tmp_path), AutoTokenizer.from_pretrained(tmp_path)):
+        assert isinstance(reloaded, ChatGLM3Tokenizer)
+        assert reloaded.encode(text) == tokenizer.encode(text)
+        assert reloaded.padding_side == "left" and reloaded.eos_token_id == 2 and reloaded.pad_token_id == 0
 
 
 def test_official_folder_loads_directly_and_through_auto(tokenizer):
-    from transformers import AutoTokenizer
-
     folder = require_shared("tokenizer_config.json").parent
     text = "你好 isopropyl <|user|>\tdef f(): pass"
     for loaded in (ChatGLM3Tokenizer.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)):
         assert isinstance(loaded, ChatGLM3Tokenizer)
         assert loaded.encode(text) == tokenizer.encode(text)
         assert loaded.padding_side == "left"
+
+
+def test_hf_main_splitting_is_opt_in(tokenizer):
+    """split_special_tokens=False reproduces HF main's tokenizer: the four tokens its tokenizer_config registers,
+    and "</s>", are cut out of raw text (even inside words)."""
+    folder = require_shared("tokenizer_config.json").parent
+    hf_main = ChatGLM3Tokenizer.from_pretrained(folder, split_special_tokens=False)
+    ids = hf_main.encode("isopropyl<|user|>x</s>", add_special_tokens=False)
+    assert OFFICIAL_SPECIAL_IDS["sop"] in ids and OFFICIAL_SPECIAL_IDS["<|user|>"] in ids and 2 in ids
+    assert tokenizer.encode("isopropyl<|user|>x</s>", add_special_tokens=False) == tokenizer.sp_model.encode(
+        "isopropyl<|user|>x</s>"
+    )
