@@ -312,7 +312,8 @@ def fake_conversion(monkeypatch, llama_dir):
 
 def test_builtin_converts_once_then_loads_from_cache(tmp_path, fake_conversion):
     model_cfg = ModelConfig(name_or_path="smollm2-135m-instruct", cache_dir=str(tmp_path))
-    (tmp_path / ".smollm2-135m-instruct.abc.tmp").mkdir()  # a killed conversion's leftover
+    (tmp_path / ".smollm2-135m-instruct.abc.tmp").mkdir()  # a killed conversion's leftovers
+    (tmp_path / ".smollm2-135m-instruct.old").mkdir()
     tokenizer = load_tokenizer(model_cfg)
     load_backbone(model_cfg)
     assert len(fake_conversion) == 1 and tokenizer("a")["input_ids"] == [2, 4]
@@ -324,6 +325,9 @@ def test_builtin_converts_once_then_loads_from_cache(tmp_path, fake_conversion):
         "smollm2-135m-instruct",
     ]
     assert builtin.list_models(tmp_path)[0]["cached"] is True
+    umask = os.umask(0o22)
+    os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700: a cache may be shared
 
 
 def test_interrupted_conversion_leaves_no_folder(tmp_path, fake_conversion, monkeypatch):

