@@ -53,6 +53,8 @@ def test_config_reads_the_official_file_and_exposes_generic_names():
         assert config.num_key_value_heads == 2 and config.seq_length == 8192 and config.dtype == torch.float16
         assert config.pre_seq_len is None and config.rope_ratio == 1.0
         assert not hasattr(config, "auto_map")  # points at remote code a saved folder does not have
+    official = ChatGLM3Config(**json.loads((folder / "config.json").read_text()))  # the raw fields as kwargs
+    assert official.to_dict() == ChatGLM3Config.from_pretrained(folder).to_dict()
     config = ChatGLM3Config(**TINY, pre_seq_len=4, rope_ratio=50)
     config.num_hidden_layers = 3
     assert config.num_layers == 3
@@ -60,6 +62,14 @@ def test_config_reads_the_official_file_and_exposes_generic_names():
     assert saved["pre_seq_len"] == 4 and saved["rope_ratio"] == 50 and saved["num_layers"] == 3
     with pytest.raises(Exception, match="multi_query_group_num"):  # a strict-dataclass validation error
         ChatGLM3Config(**{**TINY, "multi_query_group_num": 3})
+
+
+def test_auto_registration_is_idempotent():
+    import glmtune.models.chatglm3 as chatglm3
+
+    chatglm3._register()  # what a second import would do
+    assert AutoConfig.for_model("chatglm", **TINY).__class__ is ChatGLM3Config
+    assert AutoModelForCausalLM.from_config(ChatGLM3Config(**TINY)).__class__ is ChatGLM3ForCausalLM
 
 
 def test_rope_closed_form_with_rope_ratio():
