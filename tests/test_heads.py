@@ -9,7 +9,7 @@ from glmtune.config import ModelConfig
 from glmtune.errors import UserError
 from glmtune.models import SequenceClassifier, load_classifier
 from glmtune.models.heads import last_token_index, pool
-from tests.test_models_load import save_model, tiny_gemma_config, tiny_llama_config
+from tests.test_models_load import make_chatglm3_dir, save_model, tiny_gemma_config, tiny_llama_config
 
 PAD = 0
 
@@ -81,9 +81,17 @@ def test_pooling_without_mask_uses_every_token():
     assert torch.allclose(pool(hidden, None, "mean"), hidden.mean(dim=1))
 
 
+@pytest.fixture(scope="module")
+def chatglm3_body(tmp_path_factory):
+    from glmtune.models import load_backbone
+
+    path = make_chatglm3_dir(tmp_path_factory.mktemp("chatglm3"))
+    return load_backbone(ModelConfig(name_or_path=str(path))).eval()
+
+
 @pytest.mark.parametrize("pooling", ["last", "mean"])
 @pytest.mark.parametrize("side", ["right", "left"])
-@pytest.mark.parametrize("family", ["llama", "gemma", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gemma", "gpt2", "chatglm3"])
 def test_padding_does_not_change_a_rows_logits(family, side, pooling, request):
     classifier = SequenceClassifier(request.getfixturevalue(f"{family}_body"), 3, pooling=pooling).eval()
     ids, mask = batch(ROWS, side)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -235,6 +236,29 @@ def test_broken_config_json(tmp_path):
         load_tokenizer(cfg(tmp_path))
 
 
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_corrupt_weights_are_a_user_error(tmp_path, llama_dir, weights):
+    path = tmp_path / "corrupt"
+    path.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (path / name).write_bytes((llama_dir / name).read_bytes())
+    (path / weights).write_bytes(b"garbage")
+    with pytest.raises(UserError, match=rf"{path}: field 'model.name_or_path': cannot read the weights \("):
+        load_causal_lm(cfg(path))
+
+
+def test_encoder_decoder_is_not_a_causal_lm(tmp_path):
+    from transformers import T5Config, T5Model
+
+    T5Model(T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8, vocab_size=40)).save_pretrained(
+        tmp_path
+    )
+    with pytest.raises(
+        UserError, match="model type 't5' cannot be loaded as a causal LM; expected a decoder-only"
+    ):
+        load_causal_lm(cfg(tmp_path))
+
+
 def write_config(path: Path, values: dict) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(values))
@@ -257,14 +281,52 @@ def test_unknown_model_type_asks_for_trust_remote_code(tmp_path):
 
 
 def test_chatglm_folder_without_the_native_package_asks_for_remote_code(tmp_path, monkeypatch):
-    monkeypatch.setitem(__import__("sys").modules, "glmtune.models.chatglm3", None)  # import fails
-    path = write_config(tmp_path / "glm", {"model_type": "chatglm", "auto_map": {"AutoModel": "x.Y"}})
-    from transformers import CONFIG_MAPPING
+    import transformers
 
-    if "chatglm" in CONFIG_MAPPING:  # registered by an earlier import in this process
-        pytest.skip("ChatGLM3 already registered natively")
-    with pytest.raises(UserError, match="model type 'chatglm'.*model.trust_remote_code: true"):
+    monkeypatch.setitem(sys.modules, "glmtune.models.chatglm3", None)  # the import fails
+    monkeypatch.setattr(transformers, "CONFIG_MAPPING", {"llama": None})  # and nothing registered "chatglm"
+    path = write_config(tmp_path / "glm", {"model_type": "chatglm", "auto_map": {"AutoModel": "x.Y"}})
+    with pytest.raises(
+        UserError, match="model type 'chatglm' is with its own code.*model.trust_remote_code: true"
+    ):
         load_backbone(cfg(path))
+
+
+SHARED_CHATGLM3 = Path(__file__).resolve().parents[2] / "shared" / "chatglm3"
+
+
+def make_chatglm3_dir(path: Path) -> Path:
+    """A tiny ChatGLM3 saved like an official folder (auto_map to remote code) with the official tokenizer."""
+    if not (SHARED_CHATGLM3 / "tokenizer.model").is_file():
+        pytest.skip(f"no ChatGLM3 tokenizer at {SHARED_CHATGLM3}")
+    chatglm3 = pytest.importorskip("glmtune.models.chatglm3")
+    torch.manual_seed(0)
+    config = chatglm3.ChatGLM3Config(
+        num_layers=2, padded_vocab_size=256, hidden_size=64, ffn_hidden_size=96, kv_channels=16,
+        num_attention_heads=4, multi_query_attention=True, multi_query_group_num=2, seq_length=64,
+        add_qkv_bias=True, original_rope=True,
+    )  # fmt: skip
+    chatglm3.ChatGLM3ForCausalLM(config).save_pretrained(path)
+    official = json.loads((SHARED_CHATGLM3 / "config.json").read_text())
+    saved = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**saved, "auto_map": official["auto_map"]}))
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        (path / name).write_bytes((SHARED_CHATGLM3 / name).read_bytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def chatglm3_dir(tmp_path_factory) -> Path:
+    return make_chatglm3_dir(tmp_path_factory.mktemp("chatglm3"))
+
+
+def test_chatglm3_folder_loads_natively_without_remote_code(chatglm3_dir):
+    tokenizer = load_tokenizer(cfg(chatglm3_dir))
+    backbone = load_backbone(cfg(chatglm3_dir), dropout=0.1)
+    model = load_causal_lm(cfg(chatglm3_dir))
+    assert type(tokenizer).__name__ == "ChatGLM3Tokenizer" and tokenizer.pad_token is not None
+    assert type(backbone).__name__ == "ChatGLM3Model" and type(model).__name__ == "ChatGLM3ForCausalLM"
+    assert backbone.config.hidden_dropout == 0.1 and backbone.config.attention_dropout == 0.1
 
 
 # --------------------------------------------------------------------------- built-in registry and cache

@@ -16,13 +16,16 @@ embeddings stay tied: one tensor saved, ``tie_word_embeddings: true`` in the con
 Why fp32 on disk: the dequantized weights are fp32. Saving bf16 halves the file (1.1 GB → 0.57 GB for
 Gemma) but re-rounds every weight (max logit error 0.18–0.24 against the GGUF model on a Chinese sentence,
 the argmax moved on 1 of 12 tokens for Gemma) and a bf16 file loaded as fp32 (the default ``model.dtype``)
-is slower (1.95 s vs ~1.5 s) because each tensor is converted; fp32 loads by mmap, bit-exact.
+is slower (Gemma: 1.95 s vs 0.05 s, same process, file in the page cache) because every tensor is
+converted, while fp32 maps the file as is, bit-exact. A bf16 run (``model.dtype: bfloat16``) converts on load.
 
-Measured on the 2-core CPU box (``python -m glmtune.models.builtin --time``: a fresh process per row,
-time to a usable tokenizer + causal LM; cold = GGUF conversion into an empty cache, warm = cached folder):
+Measured on the 2-core CPU box (``python -m glmtune.models.builtin --time DIR``: a fresh process per row,
+time from start to a usable tokenizer + causal LM, transformers import (~1.3 s) included; cold = GGUF
+conversion into an empty cache, warm = the cached folder; two runs, with other jobs sharing the CPU):
 
-    smollm2-135m-instruct   cold 20.5 s   warm 2.3 s    (0.54 GB cached)
-    gemma3-270m             cold 53.1 s   warm 5.4 s    (1.11 GB cached; 2.6 s of warm is the 262k tokenizer)
+    smollm2-135m-instruct   cold 18-20 s   warm 3.5-4.6 s   (0.54 GB cached)
+    gemma3-270m             cold 53-60 s   warm 5.9-8.8 s   (1.07 GB cached; ~3 s of warm is the 262k-entry
+                                                             tokenizer.json, ~1.3 s the weights)
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -159,14 +160,38 @@ def override_dropout(config: Any, dropout: float) -> list[str]:
 
 def _from_pretrained(auto_class: Any, cfg: ModelConfig, dropout: float | None) -> Any:
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoConfig
 
-    path, _ = _prepare(cfg, need_weights=True)
+    path, model_type = _prepare(cfg, need_weights=True)
     common = {"trust_remote_code": cfg.trust_remote_code, "local_files_only": True}
     config = AutoConfig.from_pretrained(path, **common)
     if dropout is not None:
         override_dropout(config, dropout)
-    return auto_class.from_pretrained(path, config=config, dtype=getattr(torch, cfg.dtype), **common)
+    try:
+        return auto_class.from_pretrained(path, config=config, dtype=getattr(torch, cfg.dtype), **common)
+    except (
+        SafetensorError,
+        pickle.UnpicklingError,
+        EOFError,
+    ) as error:  # truncated, corrupt or unsafe pickle
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(
+            f"cannot read the weights ({reason[:200]})",
+            file=str(path),
+            **_field(),
+            expected="complete *.safetensors or plain-tensor pytorch_model*.bin files",
+        ) from None
+    except ValueError as error:
+        if not str(error).startswith("Unrecognized configuration class"):
+            raise
+        kind = "a causal LM" if auto_class.__name__ == "AutoModelForCausalLM" else "a transformer body"
+        raise UserError(
+            f"model type '{model_type}' cannot be loaded as {kind}",
+            file=str(path),
+            **_field(),
+            expected="a decoder-only (causal LM) model",
+        ) from None
 
 
 def load_causal_lm(cfg: ModelConfig, *, dropout: float | None = None) -> Any:
