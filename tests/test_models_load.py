@@ -230,6 +230,25 @@ def test_folder_without_weights_names_what_was_found(tmp_path, llama_dir):
     assert load_tokenizer(cfg(path))("a")["input_ids"] == [2, 4]  # the tokenizer alone needs no weights
 
 
+def test_folder_without_tokenizer(tmp_path, llama_dir):
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / name).write_bytes((llama_dir / name).read_bytes())
+    with pytest.raises(UserError) as error:
+        load_tokenizer(cfg(tmp_path))
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path}: ")
+    assert "no tokenizer in the folder (found: config.json, model.safetensors)" in message
+    assert "expected tokenizer.json, tokenizer.model or vocab files" in message
+
+
+def test_load_classifier_checks_weights_before_the_tokenizer(tmp_path, llama_dir):
+    from glmtune.models import load_classifier
+
+    (tmp_path / "config.json").write_bytes((llama_dir / "config.json").read_bytes())
+    with pytest.raises(UserError, match=f"{tmp_path}: .*no model weights in the folder"):
+        load_classifier(cfg(tmp_path), 2)
+
+
 def test_broken_config_json(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama",\n  oops}')
     with pytest.raises(UserError, match=r"config\.json:2: .*invalid JSON"):

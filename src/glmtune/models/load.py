@@ -21,6 +21,16 @@ from glmtune.errors import UserError
 from glmtune.models.builtin import BUILTIN_MODELS, resolve_builtin, unknown_builtin
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.tiktoken",
+)
 # Families whose tokenizers must start every sequence with <bos> (Gemma degrades badly without it).
 NEEDS_BOS = ("gemma", "gemma2", "gemma3", "gemma3_text")
 
@@ -135,6 +145,11 @@ def check_model_type(path: Path, config: dict[str, Any], trust_remote_code: bool
     return model_type
 
 
+def check_model_folder(cfg: ModelConfig) -> Path:
+    """Every check a full load makes (folder, config.json, weights, model type), without loading anything."""
+    return _prepare(cfg, need_weights=True)[0]
+
+
 def _prepare(cfg: ModelConfig, *, need_weights: bool) -> tuple[Path, str]:
     _offline()
     path = resolve_path(cfg)
@@ -213,9 +228,20 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     from transformers import AutoTokenizer
 
     path, model_type = _prepare(cfg, need_weights=False)
-    tokenizer = AutoTokenizer.from_pretrained(
-        path, trust_remote_code=cfg.trust_remote_code, local_files_only=True
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=cfg.trust_remote_code, local_files_only=True
+        )
+    except (OSError, ValueError):
+        if any((path / name).exists() for name in TOKENIZER_FILES):
+            raise  # a tokenizer is there and failed: a real problem, keep the traceback
+        found = sorted(p.name for p in path.iterdir())[:8]
+        raise UserError(
+            f"no tokenizer in the folder (found: {', '.join(found)})",
+            file=str(path),
+            **_field(),
+            expected="tokenizer.json, tokenizer.model or vocab files next to config.json",
+        ) from None
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token or tokenizer.unk_token
         if fallback is None:
