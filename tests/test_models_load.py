@@ -411,6 +411,22 @@ def test_builtin_converts_once_then_loads_from_cache(tmp_path, fake_conversion):
     assert folder.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700: a cache may be shared
 
 
+def test_concurrent_first_uses_convert_once(tmp_path, fake_conversion, monkeypatch):
+    import threading
+    import time
+
+    real = builtin.convert_gguf
+    monkeypatch.setattr(builtin, "convert_gguf", lambda *a: (time.sleep(0.2), real(*a)))
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(builtin.resolve_builtin(
+        "smollm2-135m-instruct", tmp_path))) for _ in range(2)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(fake_conversion) == 1 and results == [tmp_path / "smollm2-135m-instruct"] * 2
+
+
 def test_interrupted_conversion_leaves_no_folder(tmp_path, fake_conversion, monkeypatch):
     monkeypatch.setenv("FAIL_CONVERSION", "1")
     with pytest.raises(KeyboardInterrupt):
