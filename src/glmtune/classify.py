@@ -30,12 +30,15 @@ class LoadedRun:
 def load_run(path: str | Path) -> LoadedRun:
     """Base model + the run's trained weights, in eval mode."""
     from glmtune.models import load_classifier
+    from glmtune.models.load import load_config
 
     run = RunDir(path)
     run.check(need_weights=True)
     cfg = config_mod.load(run.config)
     labels = read_json(run.labels)
-    classifier, tokenizer = load_classifier(cfg.model, len(labels))
+    # Built as in training (a P-tuning prefix must exist before its weights load back).
+    overrides = methods.config_overrides(cfg.method, load_config(cfg.model))
+    classifier, tokenizer = load_classifier(cfg.model, len(labels), config_overrides=overrides)
     methods.load(classifier, cfg.method, run)
     return LoadedRun(run, cfg, classifier, tokenizer, labels)
 

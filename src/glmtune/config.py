@@ -19,7 +19,7 @@ import yaml
 from glmtune.errors import UserError
 
 TASKS = ("classification",)
-METHODS = ("full", "freeze", "lora")
+METHODS = ("full", "freeze", "lora", "ptuning")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
@@ -81,7 +81,7 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
-    """Which parameters train: all, the top layers, or LoRA adapters (the head always trains)."""
+    """Which parameters train: all, the top layers, LoRA adapters or a P-tuning v2 prefix (the head always trains)."""
 
     name: str = "lora"
     trainable_layers: int = 2  # freeze: how many top transformer layers train
@@ -89,11 +89,14 @@ class MethodConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_target: list[str] | str = "all-linear"  # module names, or peft's "all-linear"
+    pre_seq_len: int = 128  # ptuning: virtual key/value tokens given to every layer (ChatGLM3's P-tuning v2)
+    prefix_projection: bool = False  # ptuning: learn the prefix through a 2-layer MLP (more parameters)
 
     def __post_init__(self) -> None:
         _choice(self.name, METHODS, "method.name")
         _positive(self.trainable_layers, "method.trainable_layers")
         _positive(self.lora_r, "method.lora_r")
+        _positive(self.pre_seq_len, "method.pre_seq_len")
         if not 0 <= self.lora_dropout < 1:
             raise UserError(f"got {self.lora_dropout}", field="method.lora_dropout", expected="0 <= p < 1")
 

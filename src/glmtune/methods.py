@@ -1,18 +1,23 @@
 """Fine-tuning methods: which parameters train, decided here once; and how their weights are saved and loaded.
 
-- ``full``: every parameter of the body and the head.
+- ``full``: every parameter of the body (but an LM output layer the body holds and never calls) and the head.
 - ``freeze``: only the top ``method.trainable_layers`` transformer layers (+ the final norm) and the head.
 - ``lora``: peft LoRA adapters on the chosen linear layers (never an LM output layer) and the head.
+- ``ptuning``: P-tuning v2, the model's own prefix encoder (``method.pre_seq_len`` learned keys and values for
+  every layer; ChatGLM3 has one) and the head. The prefix exists only if the model is *built* with it, so
+  :func:`config_overrides` says which settings the loader must put into the model's config first.
 
 The classification head always trains. Saved weights are only what training changed: a PEFT-compatible
-``adapter/`` folder for LoRA, ``body.safetensors`` (the trainable body tensors) for full/freeze, and
-``head.safetensors`` — so a run folder is small and reloads onto the same base model.
+``adapter/`` folder for LoRA, ``body.safetensors`` (the trainable body tensors; for ptuning the prefix
+encoder's) for full/freeze/ptuning, and ``head.safetensors`` — so a run folder is small and reloads onto the
+same base model built with the same :func:`config_overrides` (recorded in the run's config.yaml).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -40,6 +45,24 @@ class ParamCount:
 def count_parameters(model: nn.Module) -> ParamCount:
     params = list(model.parameters())
     return ParamCount(sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
+
+
+def config_overrides(cfg: MethodConfig, model_config: Any) -> dict[str, Any]:
+    """Settings the model must be built with for this method, checked against its config (``PretrainedConfig``).
+
+    Only ``ptuning`` has any: ``pre_seq_len`` and ``prefix_projection`` make the model create its own P-tuning v2
+    prefix encoder. A model whose config has no ``pre_seq_len`` has no such encoder: refused here, before loading.
+    """
+    if cfg.name != "ptuning":
+        return {}
+    if not hasattr(model_config, "pre_seq_len"):
+        model_type = getattr(model_config, "model_type", None) or type(model_config).__name__
+        raise UserError(
+            f"model type '{model_type}' has no P-tuning v2 prefix encoder (no pre_seq_len in its config)",
+            field="method.name",
+            expected="a ChatGLM3 model for ptuning, or method.name: lora (prompt tuning via peft is not there yet)",
+        )
+    return {"pre_seq_len": cfg.pre_seq_len, "prefix_projection": cfg.prefix_projection}
 
 
 def transformer_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -79,6 +102,26 @@ def _freeze_all_but_top(backbone: nn.Module, k: int) -> None:
             module.requires_grad_(True)
 
 
+def _freeze_output_layers(backbone: nn.Module) -> None:
+    """An LM output layer inside a body (ChatGLM3's ``output_layer``) is never called by it: keep it out of training
+    (and so out of the optimizer and ``body.safetensors``)."""
+    for name, module in backbone.named_modules():
+        if name.rsplit(".", 1)[-1] in OUTPUT_LAYERS:
+            module.requires_grad_(False)
+
+
+def _prefix_encoder(backbone: nn.Module) -> nn.Module:
+    """The model's own P-tuning v2 prefix encoder (built from ``config.pre_seq_len``)."""
+    encoder = getattr(backbone, "prefix_encoder", None)
+    if not isinstance(encoder, nn.Module):
+        raise UserError(
+            "the model was built without a P-tuning v2 prefix encoder",
+            field="method.name",
+            expected="a ChatGLM3 model loaded with methods.config_overrides (pre_seq_len) for ptuning",
+        )
+    return encoder
+
+
 def _lora(backbone: nn.Module, cfg: MethodConfig) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
@@ -105,10 +148,15 @@ def apply(classifier: nn.Module, cfg: MethodConfig) -> ParamCount:
     """Decide what trains. ``classifier`` has ``.backbone`` and ``.head``; LoRA replaces ``.backbone``."""
     if cfg.name == "full":
         classifier.backbone.requires_grad_(True)
+        _freeze_output_layers(classifier.backbone)
     elif cfg.name == "freeze":
         _freeze_all_but_top(classifier.backbone, cfg.trainable_layers)
     elif cfg.name == "lora":
         classifier.backbone = _lora(classifier.backbone, cfg)
+    elif cfg.name == "ptuning":
+        prefix_encoder = _prefix_encoder(classifier.backbone)
+        classifier.backbone.requires_grad_(False)
+        prefix_encoder.requires_grad_(True)
     classifier.head.requires_grad_(True)
     return count_parameters(classifier)
 

@@ -140,6 +140,7 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
     from glmtune import data as data_mod
     from glmtune import evaluate
     from glmtune.models import load_classifier
+    from glmtune.models.load import load_config
     from glmtune.track import Tracker
 
     run = RunDir(output)
@@ -165,7 +166,10 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
     main = accelerator.is_main_process
 
     # 3. model and method: which parameters train is decided once, here
-    classifier, tokenizer = load_classifier(cfg.model, len(labels), dropout=train_cfg.dropout)
+    overrides = methods.config_overrides(cfg.method, load_config(cfg.model))  # e.g. P-tuning's prefix
+    classifier, tokenizer = load_classifier(
+        cfg.model, len(labels), dropout=train_cfg.dropout, config_overrides=overrides
+    )
     params = methods.apply(classifier, cfg.method)
     if train_cfg.gradient_checkpointing:
         classifier.gradient_checkpointing_enable()

@@ -161,15 +161,21 @@ class SequenceClassifier(nn.Module):
 
 
 def load_classifier(
-    cfg: ModelConfig, num_labels: int, dropout: float | None = None
+    cfg: ModelConfig,
+    num_labels: int,
+    dropout: float | None = None,
+    config_overrides: dict[str, Any] | None = None,
 ) -> tuple[SequenceClassifier, Any]:
-    """A fresh classifier on ``cfg``'s body (dropout, when given, overrides the body's and is the head's)."""
+    """A fresh classifier on ``cfg``'s body (dropout, when given, overrides the body's and is the head's).
+
+    ``config_overrides`` are settings the body must be built with (``methods.config_overrides``: P-tuning's prefix).
+    """
     from glmtune.models.load import check_model_folder, load_backbone, load_tokenizer
 
     if num_labels < 1:
         raise ValueError(f"num_labels must be >= 1, got {num_labels}")
     check_model_folder(cfg)  # every folder mistake (weights included) before any loading starts
     tokenizer = load_tokenizer(cfg)
-    backbone = load_backbone(cfg, dropout=dropout)
+    backbone = load_backbone(cfg, dropout=dropout, config_overrides=config_overrides)
     classifier = SequenceClassifier(backbone, num_labels, pooling=cfg.pooling, dropout=dropout or 0.0)
     return classifier, tokenizer

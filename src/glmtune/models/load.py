@@ -173,7 +173,32 @@ def override_dropout(config: Any, dropout: float) -> list[str]:
     return changed
 
 
-def _from_pretrained(auto_class: Any, cfg: ModelConfig, dropout: float | None) -> Any:
+def override_config(config: Any, overrides: dict[str, Any]) -> None:
+    """Set settings the model must be built with (P-tuning's ``pre_seq_len``…) before it is instantiated.
+
+    Each must already be a field of ``config``: a setting the architecture does not know would be silently ignored.
+    """
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise UserError(
+                f"model type '{getattr(config, 'model_type', '?')}' has no '{key}' setting",
+                **_field(),
+                expected=f"a model whose config has '{key}'",
+            )
+        setattr(config, key, value)
+
+
+def load_config(cfg: ModelConfig) -> Any:
+    """The model's ``PretrainedConfig`` (no weights read): what callers check before building the model."""
+    from transformers import AutoConfig
+
+    path, _ = _prepare(cfg, need_weights=False)
+    return AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, local_files_only=True)
+
+
+def _from_pretrained(
+    auto_class: Any, cfg: ModelConfig, dropout: float | None, config_overrides: dict[str, Any] | None = None
+) -> Any:
     import torch
     from safetensors import SafetensorError
     from transformers import AutoConfig
@@ -183,6 +208,7 @@ def _from_pretrained(auto_class: Any, cfg: ModelConfig, dropout: float | None) -
     config = AutoConfig.from_pretrained(path, **common)
     if dropout is not None:
         override_dropout(config, dropout)
+    override_config(config, config_overrides or {})
     try:
         return auto_class.from_pretrained(path, config=config, dtype=getattr(torch, cfg.dtype), **common)
     except (
@@ -209,18 +235,26 @@ def _from_pretrained(auto_class: Any, cfg: ModelConfig, dropout: float | None) -
         ) from None
 
 
-def load_causal_lm(cfg: ModelConfig, *, dropout: float | None = None) -> Any:
-    """The model with its LM head (generation, chat, export), in ``cfg.dtype``, in eval mode."""
+def load_causal_lm(
+    cfg: ModelConfig, *, dropout: float | None = None, config_overrides: dict[str, Any] | None = None
+) -> Any:
+    """The model with its LM head (generation, chat, export), in ``cfg.dtype``, in eval mode.
+
+    ``config_overrides`` are set on the config before the model is built (``methods.config_overrides``)."""
     from transformers import AutoModelForCausalLM
 
-    return _from_pretrained(AutoModelForCausalLM, cfg, dropout)
+    return _from_pretrained(AutoModelForCausalLM, cfg, dropout, config_overrides)
 
 
-def load_backbone(cfg: ModelConfig, dropout: float | None = None) -> Any:
-    """The transformer body without the LM head (``AutoModel``): classification never needs vocab logits."""
+def load_backbone(
+    cfg: ModelConfig, dropout: float | None = None, config_overrides: dict[str, Any] | None = None
+) -> Any:
+    """The transformer body without the LM head (``AutoModel``): classification never needs vocab logits.
+
+    ``config_overrides`` are set on the config before the model is built (``methods.config_overrides``)."""
     from transformers import AutoModel
 
-    return _from_pretrained(AutoModel, cfg, dropout)
+    return _from_pretrained(AutoModel, cfg, dropout, config_overrides)
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:
