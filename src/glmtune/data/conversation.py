@@ -1,0 +1,413 @@
+"""Conversations: the one normal form every generative dataset is read into, from four common file layouts.
+
+A ``Conversation`` is a list of ``Message``s (roles ``system``, ``user``, ``assistant``, ``tool``), the tool
+schemas the assistant may call, and where it came from. Templates (``data.templates``) turn it into token ids;
+nothing here knows about tokenizers.
+
+Formats, detected per file from its columns (or named with ``format=``):
+
+* ``alpaca``: ``instruction``, optional ``input`` (appended after a newline), ``output``, optional ``system``
+  and ``history`` (``[[question, answer], ...]`` before the instruction).
+* ``messages`` (OpenAI style): ``messages: [{role, content}]`` with roles system/user/assistant/tool (or
+  ``observation``), optional ``tools`` (JSON schemas) and assistant ``tool_calls``
+  (``[{"type": "function", "function": {"name", "arguments"}}]``, arguments as an object or a JSON string).
+* ``sharegpt``: ``conversations: [{from, value}]`` with from human/gpt/system/function_call/observation,
+  optional ``system`` and ``tools``; a ``function_call`` value is ``{"name", "arguments"}`` as JSON.
+* ``prompt_completion``: ``prompt``, ``completion`` (one user turn, one reply), optional ``system``.
+
+In CSV files the list columns (``messages``, ``conversations``, ``history``, ``tools``) hold JSON text.
+Every mistake is one ``UserError`` naming the file, the line and the field path (``messages[2].content``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from glmtune.data.read import LINE_KEY, Record, columns_of, read_records, where
+from glmtune.errors import UserError
+
+ROLES = ("system", "user", "assistant", "tool")
+FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion")
+_MESSAGE_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
+_MESSAGE_ROLES["observation"] = "tool"
+_SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "function_call": "assistant",
+    "observation": "tool",
+    "tool": "tool",
+}
+
+
+@dataclass(frozen=True)
+class Message:
+    """One turn. ``tool_calls`` (assistant only) are OpenAI-style with parsed arguments:
+    ``[{"type": "function", "function": {"name": str, "arguments": dict}}]``."""
+
+    role: str
+    content: str
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class Conversation:
+    """A checked conversation: ends with an assistant turn, system (if any) first, every tool call declared."""
+
+    messages: list[Message]
+    tools: list[dict[str, Any]] | None = None
+    line: int | None = None  # the record's position in ``source`` (see data.read.where)
+    source: str = ""
+
+    @property
+    def system(self) -> str | None:
+        """The system text, if the first message is a system message."""
+        return self.messages[0].content if self.messages and self.messages[0].role == "system" else None
+
+
+# --------------------------------------------------------------------------- small checks
+
+
+class _Where:
+    """Where a record came from, to build errors that point at it."""
+
+    def __init__(self, path: str, line: int | None):
+        self.path, self.line = path, line
+
+    def error(self, message: str, field: str | None = None, expected: str | None = None) -> UserError:
+        return UserError(message, **where(self.path, self.line), field=field, expected=expected)
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _string(value: Any, at: _Where, field: str, allow_empty: bool = True) -> str:
+    if not isinstance(value, str):
+        raise at.error(f"got a {_type_name(value)}", field=field, expected="a string")
+    if not allow_empty and not value.strip():
+        raise at.error("empty value", field=field, expected="a non-empty string")
+    return value
+
+
+def _json_field(record: Record, key: str, at: _Where) -> Any:
+    """A list-valued column; CSV cells (and some JSONL writers) hold it as JSON text."""
+    value = record.get(key)
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as error:
+            raise at.error(f"not valid JSON ({error.msg})", field=key, expected="a JSON list") from None
+    return value
+
+
+def _list(value: Any, at: _Where, field: str) -> list:
+    if not isinstance(value, list):
+        raise at.error(f"got a {_type_name(value)}", field=field, expected="a list")
+    return value
+
+
+def _tools(record: Record, at: _Where) -> list[dict[str, Any]] | None:
+    if record.get("tools") in (None, "", []):
+        return None
+    tools = _list(_json_field(record, "tools", at), at, "tools")
+    for index, tool in enumerate(tools):
+        if not isinstance(tool, dict) or not isinstance(tool.get("function", tool).get("name"), str):
+            raise at.error(
+                "a tool schema without a name",
+                field=f"tools[{index}]",
+                expected='{"type": "function", "function": {"name", "description", "parameters"}}',
+            )
+    return tools
+
+
+def tool_names(tools: Sequence[dict[str, Any]] | None) -> list[str]:
+    """The function names declared in ``tools`` (OpenAI ``{"function": {"name"}}`` or bare ``{"name"}``)."""
+    return [tool.get("function", tool)["name"] for tool in tools or []]
+
+
+def _tool_call(call: Any, at: _Where, field: str) -> dict[str, Any]:
+    """One tool call in the normal form ``{"type": "function", "function": {"name", "arguments": dict}}``."""
+    if not isinstance(call, dict):
+        raise at.error(
+            f"got a {_type_name(call)}", field=field, expected='{"function": {"name", "arguments"}}'
+        )
+    function = call.get("function", call)
+    if not isinstance(function, dict):
+        raise at.error("not an object", field=f"{field}.function", expected='{"name", "arguments"}')
+    name = _string(function.get("name"), at, f"{field}.name", allow_empty=False)
+    arguments = function.get("arguments", function.get("parameters", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as error:
+            raise at.error(
+                f"arguments are not valid JSON ({error.msg})",
+                field=f"{field}.arguments",
+                expected="a JSON object",
+            ) from None
+    if not isinstance(arguments, dict):
+        raise at.error(f"got a {_type_name(arguments)}", field=f"{field}.arguments", expected="an object")
+    return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+# --------------------------------------------------------------------------- the four formats
+
+
+def _from_messages(record: Record, at: _Where) -> tuple[list[Message], list[dict] | None]:
+    items = _list(_json_field(record, "messages", at), at, "messages")
+    messages = []
+    for index, item in enumerate(items):
+        field = f"messages[{index}]"
+        if not isinstance(item, dict):
+            raise at.error(f"got a {_type_name(item)}", field=field, expected='{"role", "content"}')
+        raw_role = item.get("role")
+        role = _MESSAGE_ROLES.get(raw_role) if isinstance(raw_role, str) else None
+        if role is None:
+            raise at.error(
+                f"unknown role {raw_role!r}",
+                field=f"{field}.role",
+                expected="one of: " + ", ".join(_MESSAGE_ROLES),
+            )
+        calls = None
+        if role == "assistant" and item.get("tool_calls"):
+            raw_calls = _list(item["tool_calls"], at, f"{field}.tool_calls")
+            calls = [_tool_call(c, at, f"{field}.tool_calls[{i}]") for i, c in enumerate(raw_calls)]
+        content = item.get("content")
+        if content is None and calls:
+            content = ""
+        messages.append(Message(role, _string(content, at, f"{field}.content"), calls))
+    return messages, _tools(record, at)
+
+
+def _from_sharegpt(record: Record, at: _Where) -> tuple[list[Message], list[dict] | None]:
+    items = _list(_json_field(record, "conversations", at), at, "conversations")
+    messages = []
+    if record.get("system") not in (None, ""):
+        messages.append(Message("system", _string(record["system"], at, "system")))
+    for index, item in enumerate(items):
+        field = f"conversations[{index}]"
+        if not isinstance(item, dict):
+            raise at.error(f"got a {_type_name(item)}", field=field, expected='{"from", "value"}')
+        sender = item.get("from")
+        role = _SHAREGPT_ROLES.get(sender) if isinstance(sender, str) else None
+        if role is None:
+            raise at.error(
+                f"unknown role {sender!r}",
+                field=f"{field}.from",
+                expected="one of: " + ", ".join(_SHAREGPT_ROLES),
+            )
+        value = _string(item.get("value"), at, f"{field}.value")
+        if sender == "function_call":
+            try:
+                call = json.loads(value)
+            except json.JSONDecodeError as error:
+                raise at.error(
+                    f"not valid JSON ({error.msg})",
+                    field=f"{field}.value",
+                    expected='a function call as JSON: {"name": ..., "arguments": {...}}',
+                ) from None
+            messages.append(Message("assistant", "", [_tool_call(call, at, f"{field}.value")]))
+        else:
+            messages.append(Message(role, value))
+    return messages, _tools(record, at)
+
+
+def _from_alpaca(record: Record, at: _Where) -> tuple[list[Message], list[dict] | None]:
+    messages = []
+    if record.get("system") not in (None, ""):
+        messages.append(Message("system", _string(record["system"], at, "system")))
+    history = _json_field(record, "history", at) if record.get("history") not in (None, "") else []
+    for index, pair in enumerate(_list(history, at, "history")):
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise at.error("not a [question, answer] pair", field=f"history[{index}]", expected="[q, a]")
+        messages.append(Message("user", _string(pair[0], at, f"history[{index}][0]", allow_empty=False)))
+        messages.append(Message("assistant", _string(pair[1], at, f"history[{index}][1]")))
+    instruction = _string(record.get("instruction"), at, "instruction", allow_empty=False)
+    extra = record.get("input")
+    extra = "" if extra is None else _string(extra, at, "input")
+    messages.append(Message("user", f"{instruction}\n{extra}" if extra.strip() else instruction))
+    messages.append(Message("assistant", _string(record.get("output"), at, "output")))
+    return messages, None
+
+
+def _from_prompt_completion(record: Record, at: _Where) -> tuple[list[Message], list[dict] | None]:
+    messages = []
+    if record.get("system") not in (None, ""):
+        messages.append(Message("system", _string(record["system"], at, "system")))
+    messages.append(Message("user", _string(record.get("prompt"), at, "prompt", allow_empty=False)))
+    messages.append(Message("assistant", _string(record.get("completion"), at, "completion")))
+    return messages, None
+
+
+_PARSERS = {
+    "alpaca": _from_alpaca,
+    "messages": _from_messages,
+    "sharegpt": _from_sharegpt,
+    "prompt_completion": _from_prompt_completion,
+}
+# The columns that identify each format (all must be present).
+_SIGNATURES = {
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "alpaca": ("instruction", "output"),
+    "prompt_completion": ("prompt", "completion"),
+}
+_FORMAT_HELP = (
+    "one of: messages (a 'messages' column), sharegpt ('conversations'), alpaca ('instruction' + 'output'), "
+    "prompt_completion ('prompt' + 'completion')"
+)
+
+
+def detect_format(records: list[Record], source: str) -> str:
+    """The format whose identifying columns the records have; none or several is a UserError."""
+    columns = columns_of(records)
+    found = [name for name, needed in _SIGNATURES.items() if all(c in columns for c in needed)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise UserError(
+            f"cannot tell the conversation format from the columns ({', '.join(columns) or 'none'})",
+            file=source,
+            expected=_FORMAT_HELP,
+        )
+    raise UserError(
+        f"the columns fit several formats ({', '.join(found)})",
+        file=source,
+        expected="format= set to one of them",
+    )
+
+
+def _check(messages: list[Message], tools: list[dict] | None, at: _Where) -> None:
+    """What every template needs: messages, system only first, a reply last, declared tool calls."""
+    if not messages:
+        raise at.error("the conversation has no messages", expected="at least a user turn and a reply")
+    for index, message in enumerate(messages):
+        if message.role == "system" and index > 0:
+            raise at.error(
+                f"a system message at position {index}",
+                field="messages",
+                expected="the system message first (at most one)",
+            )
+        if message.role == "assistant" and not message.content.strip() and not message.tool_calls:
+            raise at.error(
+                f"message {index} is an empty assistant reply",
+                field="messages",
+                expected="reply text or tool calls",
+            )
+    last = messages[-1].role
+    if last != "assistant":
+        raise at.error(
+            f"the last message is the {last}'s",
+            field="messages",
+            expected="the assistant's reply last (a conversation must end with what the model should learn)",
+        )
+    declared = set(tool_names(tools))
+    for message in messages:
+        for call in message.tool_calls or []:
+            name = call["function"]["name"]
+            if name not in declared:
+                raise at.error(
+                    f"a call to tool '{name}', which has no schema in 'tools'",
+                    field="tools",
+                    expected="a schema for every called tool"
+                    + (f" (declared: {', '.join(sorted(declared))})" if declared else ""),
+                )
+
+
+def conversations_from_records(
+    records: list[Record], source: str | Path, format: str = "auto"
+) -> list[Conversation]:
+    """Records (from ``read_records`` or a built-in dataset) → checked Conversations, in order.
+
+    ``format`` is one of ``FORMATS`` or ``"auto"`` (detected once for all records). A record's own
+    ``"_source"`` (built-in datasets spread over files) takes precedence over ``source`` in errors.
+    """
+    source = str(source)
+    name = format.replace("-", "_")
+    if name == "auto":
+        name = detect_format(records, source)
+    elif name not in _PARSERS:
+        raise UserError(f"unknown format '{format}'", field="format", expected="auto or " + _FORMAT_HELP)
+    parse = _PARSERS[name]
+    conversations = []
+    for record in records:
+        origin = str(record.get("_source", source))
+        at = _Where(origin, record.get(LINE_KEY))
+        messages, tools = parse(record, at)
+        _check(messages, tools, at)
+        conversations.append(Conversation(messages, tools, at.line, origin))
+    return conversations
+
+
+def load_conversations(path: str | Path, format: str = "auto") -> list[Conversation]:
+    """All conversations of a JSONL/JSON/CSV/TSV/Parquet file (``format``: see the module docstring)."""
+    return conversations_from_records(read_records(path), path, format)
+
+
+def load_builtin_conversations(name: str) -> list[Conversation]:
+    """The conversations of a built-in generation dataset (``glmtune data list``)."""
+    from glmtune.data.builtin import get_dataset
+
+    dataset = get_dataset(name)
+    if dataset.task != "generation":
+        raise UserError(
+            f"built-in dataset '{name}' is for {dataset.task}, not generation",
+            field="data.dataset",
+            expected="a generation dataset",
+        )
+    return conversations_from_records(dataset.loader(), name, dataset.format)
+
+
+# --------------------------------------------------------------------------- mixing
+
+
+def mix(
+    datasets: Sequence[Sequence[Conversation]], weights: Sequence[float], seed: int
+) -> list[Conversation]:
+    """Several datasets as one shuffled list, each used ``weight`` times.
+
+    A weight is a multiplier on the dataset's size: 2 repeats every example twice, 0.5 takes a seeded half
+    (without replacement), 1.5 is all of it plus a seeded half. The same seed gives the same list.
+    """
+    if len(weights) != len(datasets):
+        raise UserError(
+            f"{len(weights)} weights for {len(datasets)} datasets",
+            field="weights",
+            expected="one per dataset",
+        )
+    for weight in weights:
+        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+            raise UserError(f"got {weight!r}", field="weights", expected="finite numbers >= 0")
+    if not any(weight > 0 and len(data) for weight, data in zip(weights, datasets)):
+        raise UserError("nothing to train on: every weight or dataset is empty", field="weights")
+    rng = random.Random(seed)
+    mixed: list[Conversation] = []
+    for data, weight in zip(datasets, weights):
+        whole, fraction = divmod(float(weight), 1.0)
+        mixed.extend(list(data) * int(whole))
+        mixed.extend(rng.sample(list(data), round(fraction * len(data))))
+    rng.shuffle(mixed)
+    return mixed
+
+
+__all__ = [
+    "FORMATS",
+    "ROLES",
+    "Conversation",
+    "Message",
+    "conversations_from_records",
+    "detect_format",
+    "load_builtin_conversations",
+    "load_conversations",
+    "mix",
+    "tool_names",
+]
