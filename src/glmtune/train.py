@@ -33,6 +33,7 @@ class TrainerState:
     """What a resumed run needs besides weights, optimizer and RNG (accelerate saves those)."""
 
     step: int = 0  # optimizer steps done
+    tokens: int = 0  # real (non-padding) training tokens seen, all processes together
     epoch: int = 0
     batches_in_epoch: int = 0  # micro-batches of `epoch` already consumed on this process
     best_metric: float | None = None
@@ -298,9 +299,10 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
             scheduler.step()
             state.step += 1
             lr = scheduler.get_last_lr()[0]
+            state.tokens += running_tokens
             tracker.update(state.step, loss=running_loss, lr=lr, tokens=running_tokens)
             if state.step % train_cfg.log_steps == 0 or state.step == 1:
-                tracker.log(state.step, "train", loss=running_loss, lr=lr)
+                tracker.log(state.step, "train", loss=running_loss, lr=lr, tokens=state.tokens)
             running_loss, running_tokens = 0.0, 0
             if state.step % eval_every == 0 or state.step == steps or epoch_done:
                 evaluate_validation()
