@@ -91,6 +91,7 @@ def tiny_config(model_dir: Path, data_file: Path, **sections) -> dict:
         "method": {"name": "lora", "lora_r": 4, "lora_alpha": 8},
         "train": {
             "max_steps": 2,
+            "warmup_ratio": 0.0,  # a warm-up step would run at lr 0 and leave the zero-init head still
             "batch_size": 8,
             "lr": 1e-2,
             "max_seq_len": 32,

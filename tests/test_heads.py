@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -103,6 +105,15 @@ def test_padding_does_not_change_a_rows_logits(family, side, pooling, request):
     assert batched.dtype == torch.float32 and batched.shape == (len(ROWS), 3)
     assert torch.isfinite(batched).all()
     assert torch.allclose(batched, alone, atol=1e-5), (batched - alone).abs().max()
+
+
+def test_head_starts_at_zero_so_the_first_loss_is_ln_k(llama_body):
+    classifier = SequenceClassifier(llama_body, 4)
+    ids, mask = batch(ROWS, "right")
+    with torch.no_grad():
+        logits = classifier(ids, mask)
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])[: len(logits)])
+    assert torch.equal(logits, torch.zeros_like(logits)) and loss.item() == pytest.approx(math.log(4))
 
 
 def test_head_is_fp32_small_and_computes_in_fp32_under_autocast(llama_body):

@@ -62,8 +62,10 @@ class SequenceClassifier(nn.Module):
         hidden_size = self.hidden_size
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, num_labels, dtype=torch.float32)
-        std = getattr(backbone.config, "initializer_range", None) or 0.02
-        nn.init.normal_(self.head.weight, std=std)
+        # Zero init: the first loss is exactly ln(num_labels) whatever the body. Pooled vectors of real
+        # models are large (Gemma 3: norm ~200), so even std 0.02 starts at logits of ±3 and a loss of ~3;
+        # the head's first step then moves off zero along the gradient and the body follows.
+        nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
     @property

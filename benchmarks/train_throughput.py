@@ -1,0 +1,211 @@
+"""Training throughput and peak memory: glmtune against a plain transformers ``Trainer`` + peft, same run.
+
+Both sides get the same model, the same reviews (the first N of glmtune's training split), the same batch
+size, sequence cut, LoRA settings (r=8, alpha=16, dropout 0.05, all linear layers), AdamW, learning rate and
+bf16 autocast. Each runs in its own child process so peak RSS is its own. Throughput counts only real
+(non-padding) tokens, timed from the end of the first optimizer step to the end of the last (model loading
+and the warm-up step excluded on both sides).
+
+    .venv/bin/python benchmarks/train_throughput.py [--model gemma3-270m] [--steps 40] [--batch-size 16]
+
+Writes benchmarks/results/train_throughput.json and prints the ratio glmtune / Trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
+
+
+def shared_data(args) -> tuple[list[str], list[int], list[str]]:
+    """The first steps × batch reviews of glmtune's own training split for the sentiment example."""
+    from glmtune import config
+    from glmtune.data import load_classification
+
+    cfg = config.load(None, [f"data.max_train_samples={args.steps * args.batch_size}"])
+    data = load_classification(cfg.data)
+    return [e.text for e in data.train], [e.label for e in data.train], data.labels
+
+
+def worker_glmtune(args) -> dict:
+    """The real product path: `glmtune train` in-process; tokens and times read back from its log.jsonl."""
+    from glmtune.cli import main
+
+    out = Path(tempfile.mkdtemp()) / "run"
+    overrides = [
+        f"model.name_or_path={args.model}",
+        f"data.max_train_samples={args.steps * args.batch_size}",
+        "data.validation_size=16",
+        "data.test_size=16",
+        "method.name=lora",
+        f"method.lora_r={LORA['r']}",
+        f"method.lora_alpha={LORA['alpha']}",
+        f"method.lora_dropout={LORA['dropout']}",
+        f"train.max_steps={args.steps}",
+        f"train.batch_size={args.batch_size}",
+        f"train.max_seq_len={args.max_seq_len}",
+        "train.lr=2e-4",
+        "train.log_steps=1",
+        "train.mixed_precision=bf16",
+        f"train.eval_steps={args.steps}",
+    ]
+    main(["train", *overrides, "--output", str(out)])
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    first, last = train[0], train[-1]
+    seconds = last["time"] - first["time"]
+    return {
+        "tokens": last["tokens"] - first["tokens"],
+        "seconds": seconds,
+        "steps": last["step"] - first["step"],
+        "final_loss": last["loss"],
+    }
+
+
+def worker_trainer(args) -> dict:
+    """transformers Trainer + peft, as its docs show it, on identical data and settings."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import (
+        AutoModelForSequenceClassification,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from glmtune.config import ModelConfig
+    from glmtune.models import load_tokenizer, resolve_builtin
+
+    texts, labels, names = shared_data(args)
+    path = resolve_builtin(args.model)
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=args.model))
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(names))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=LORA["r"],
+            lora_alpha=LORA["alpha"],
+            lora_dropout=LORA["dropout"],
+            target_modules="all-linear",
+        ),
+    )
+    encoded = tokenizer(texts, truncation=True, max_length=args.max_seq_len)
+    dataset = [
+        {"input_ids": ids, "attention_mask": m, "labels": y}
+        for ids, m, y in zip(encoded["input_ids"], encoded["attention_mask"], labels)
+    ]
+    collator = DataCollatorWithPadding(tokenizer)
+    marks: list[tuple[float, int]] = []
+    seen = {"tokens": 0}
+
+    def counting_collator(features):
+        batch = collator(features)
+        seen["tokens"] += int(batch["attention_mask"].sum())
+        return batch
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *_args, **_kwargs):
+            marks.append((time.time(), seen["tokens"]))
+
+    training_args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.steps,
+        learning_rate=2e-4,
+        bf16=True,
+        use_cpu=not torch.cuda.is_available(),
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        seed=42,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=counting_collator,
+        callbacks=[Clock()],
+    )
+    result = trainer.train()
+    # The collator runs one batch ahead of the step that uses it: count tokens of the batches trained on.
+    tokens = (marks[-1][1] - marks[0][1]) if len(marks) > 1 else 0
+    return {
+        "tokens": tokens,
+        "seconds": marks[-1][0] - marks[0][0],
+        "steps": len(marks) - 1,
+        "final_loss": result.training_loss,
+    }
+
+
+def child(kind: str, args) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        kind,
+        "--model",
+        args.model,
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--max-seq-len",
+        str(args.max_seq_len),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} worker failed:\n{proc.stderr[-4000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["tokens_per_s"] = result["tokens"] / result["seconds"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="gemma3-270m")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-seq-len", type=int, default=128)
+    parser.add_argument("--worker", choices=["glmtune", "trainer"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        result = worker_glmtune(args) if args.worker == "glmtune" else worker_trainer(args)
+        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+    results = {
+        "settings": vars(args) | {"lora": LORA},
+        "trainer": child("trainer", args),
+        "glmtune": child("glmtune", args),
+    }
+    results["speedup"] = results["glmtune"]["tokens_per_s"] / results["trainer"]["tokens_per_s"]
+    results["rss_ratio"] = results["glmtune"]["peak_rss_mib"] / results["trainer"]["peak_rss_mib"]
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "train_throughput.json"
+    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    for kind in ("trainer", "glmtune"):
+        r = results[kind]
+        print(
+            f"{kind:>8}: {r['tokens_per_s']:7.1f} real tokens/s over {r['steps']} steps · "
+            f"peak RSS {r['peak_rss_mib']:7.0f} MiB · final loss {r['final_loss']:.4f}"
+        )
+    print(f"glmtune / Trainer: {results['speedup']:.2f}× tokens/s, {results['rss_ratio']:.2f}× peak RSS")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
