@@ -34,8 +34,14 @@ from glmtune.errors import UserError
 
 ROLES = ("system", "user", "assistant", "tool")
 FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion")
-_MESSAGE_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
-_MESSAGE_ROLES["observation"] = "tool"
+# role names accepted in the messages format → ours ("observation" is ChatGLM3's name for a tool result)
+_MESSAGE_ROLES = {
+    "system": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+    "observation": "tool",
+}
 _SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",

@@ -379,12 +379,7 @@ class _ChatGLM3Format:
         self.tokenizer, self.chat_format = tokenizer, chat_format
 
     def _dicts(self, messages: Sequence[Message], tools: list | None) -> tuple[list[dict], list | None]:
-        dicts = []
-        for message in messages:
-            item: dict[str, Any] = {"role": message.role, "content": message.content}
-            if message.tool_calls:
-                item["tool_calls"] = message.tool_calls
-            dicts.append(item)
+        dicts = _hf_messages(messages)
         if tools and dicts and dicts[0]["role"] == "system":
             dicts[0]["tools"] = tools  # the system text, then the tools as JSON
             tools = None  # (else chat_format would add its own tool system prompt as a second system turn)
