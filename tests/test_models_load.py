@@ -448,3 +448,18 @@ def test_unwritable_cache_is_a_user_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(UserError, match=r"model\.cache_dir.: cannot create the model cache"):
         builtin.resolve_builtin("gemma3-270m", blocker / "cache")
+
+
+def test_num_layers_keeps_the_first_layers(tmp_path):
+    """model.num_layers=1 of 2: the same as running the full model's first layer, then its final norm."""
+    path = save_model(tmp_path / "gemma", tiny_gemma_config(), char_tokenizer())
+    full = load_backbone(cfg(path)).eval()
+    cut = load_backbone(cfg(path, num_layers=1)).eval()
+    assert len(cut.layers) == 1 and cut.config.num_hidden_layers == 1 and len(cut.config.layer_types) == 1
+    ids = torch.tensor([[2, 5, 6, 7]])
+    with torch.no_grad():
+        expected = full.norm(full(ids, output_hidden_states=True).hidden_states[1])
+        got = cut(ids).last_hidden_state
+    assert torch.allclose(got, expected, atol=1e-5)
+    with pytest.raises(UserError, match="model.num_layers"):
+        load_backbone(cfg(path, num_layers=3))

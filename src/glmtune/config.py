@@ -47,10 +47,12 @@ class ModelConfig:
     dtype: str = "float32"  # weights dtype on load; mixed precision is train.mixed_precision
     cache_dir: str | None = None  # built-in GGUF → safetensors cache; default ~/.cache/glmtune
     pooling: str = "last"  # classification: last non-padding token, or mean over tokens
+    num_layers: int | None = None  # keep only the first N transformer layers (faster; see README)
 
     def __post_init__(self) -> None:
         _choice(self.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
         _choice(self.pooling, ("last", "mean"), "model.pooling")
+        _positive(self.num_layers, "model.num_layers")
 
 
 @dataclass
