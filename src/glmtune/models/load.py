@@ -13,6 +13,8 @@ import json
 import os
 import pickle
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +207,19 @@ def keep_first_layers(config: Any, num_layers: int) -> None:
         config.layer_types = config.layer_types[:num_layers]
 
 
+@contextmanager
+def _quiet_loading_report(quiet: bool) -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    if quiet:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+
+
 def load_config(cfg: ModelConfig) -> Any:
     """The model's ``PretrainedConfig`` (no weights read): what callers check before building the model."""
     from transformers import AutoConfig
@@ -229,7 +244,8 @@ def _from_pretrained(
     if cfg.num_layers is not None:
         keep_first_layers(config, cfg.num_layers)
     try:
-        return auto_class.from_pretrained(path, config=config, dtype=getattr(torch, cfg.dtype), **common)
+        with _quiet_loading_report(cfg.num_layers is not None):  # skipped top layers are expected, not news
+            return auto_class.from_pretrained(path, config=config, dtype=getattr(torch, cfg.dtype), **common)
     except (
         SafetensorError,
         pickle.UnpicklingError,
