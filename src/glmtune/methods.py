@@ -7,7 +7,10 @@
   every layer; ChatGLM3 has one) and the head. The prefix exists only if the model is *built* with it, so
   :func:`config_overrides` says which settings the loader must put into the model's config first.
 
-The classification head always trains. Saved weights are only what training changed: a PEFT-compatible
+Methods work on any model with ``.backbone`` and ``.head``: a classifier (``models.SequenceClassifier``: a body
+and a linear head, which always trains) or a language model (``models.CausalLM``: the whole causal LM as
+``backbone``, ``head`` None). An LM output layer trains with ``full`` only when the model calls it, i.e. when
+there is no separate head (SFT: ``lm_head``/``output_layer`` and embeddings tied to it train). Saved weights are only what training changed: a PEFT-compatible
 ``adapter/`` folder for LoRA, ``body.safetensors`` (the trainable body tensors; for ptuning the prefix
 encoder's) for full/freeze/ptuning, and ``head.safetensors`` — so a run folder is small and reloads onto the
 same base model built with the same :func:`config_overrides` (recorded in the run's config.yaml).
@@ -111,9 +114,10 @@ def _freeze_output_layers(backbone: nn.Module) -> None:
 
 
 def _prefix_encoder(backbone: nn.Module) -> nn.Module:
-    """The model's own P-tuning v2 prefix encoder (built from ``config.pre_seq_len``)."""
-    encoder = getattr(backbone, "prefix_encoder", None)
-    if not isinstance(encoder, nn.Module):
+    """The model's own P-tuning v2 prefix encoder (built from ``config.pre_seq_len``), at any depth
+    (``prefix_encoder`` in a body, ``transformer.prefix_encoder`` in a causal LM)."""
+    encoder = next((m for name, m in backbone.named_modules() if name.endswith("prefix_encoder")), None)
+    if encoder is None:
         raise UserError(
             "the model was built without a P-tuning v2 prefix encoder",
             field="method.name",
@@ -145,10 +149,12 @@ def _lora(backbone: nn.Module, cfg: MethodConfig) -> nn.Module:
 
 
 def apply(classifier: nn.Module, cfg: MethodConfig) -> ParamCount:
-    """Decide what trains. ``classifier`` has ``.backbone`` and ``.head``; LoRA replaces ``.backbone``."""
+    """Decide what trains. ``classifier`` has ``.backbone`` and ``.head`` (None for a causal LM); LoRA replaces
+    ``.backbone``."""
     if cfg.name == "full":
         classifier.backbone.requires_grad_(True)
-        _freeze_output_layers(classifier.backbone)
+        if classifier.head is not None:  # a classifier never calls the LM output layer
+            _freeze_output_layers(classifier.backbone)
     elif cfg.name == "freeze":
         _freeze_all_but_top(classifier.backbone, cfg.trainable_layers)
     elif cfg.name == "lora":
@@ -157,7 +163,8 @@ def apply(classifier: nn.Module, cfg: MethodConfig) -> ParamCount:
         prefix_encoder = _prefix_encoder(classifier.backbone)
         classifier.backbone.requires_grad_(False)
         prefix_encoder.requires_grad_(True)
-    classifier.head.requires_grad_(True)
+    if classifier.head is not None:
+        classifier.head.requires_grad_(True)
     return count_parameters(classifier)
 
 
@@ -176,6 +183,8 @@ def save(classifier: nn.Module, cfg: MethodConfig, run: RunDir) -> None:
         body = {k: v.detach().contiguous().cpu() for k, v in trainable_state(classifier.backbone).items()}
         with atomic_path(run.body) as tmp:
             save_file(body, str(tmp))
+    if classifier.head is None:
+        return
     head = {k: v.detach().contiguous().cpu() for k, v in classifier.head.state_dict().items()}
     with atomic_path(run.head) as tmp:
         save_file(head, str(tmp))
@@ -193,7 +202,8 @@ def load(classifier: nn.Module, cfg: MethodConfig, run: RunDir) -> None:
         classifier.backbone = PeftModel.from_pretrained(classifier.backbone, str(run.adapter))
     else:
         _load_into(classifier.backbone, run.body, strict_keys=False)
-    _load_into(classifier.head, run.head, strict_keys=True)
+    if classifier.head is not None:
+        _load_into(classifier.head, run.head, strict_keys=True)
     classifier.eval()
 
 
@@ -206,7 +216,8 @@ def restore(classifier: nn.Module, cfg: MethodConfig, run: RunDir) -> None:
         set_peft_model_state_dict(classifier.backbone, adapter)
     else:
         _load_into(classifier.backbone, run.body, strict_keys=False)
-    _load_into(classifier.head, run.head, strict_keys=True)
+    if classifier.head is not None:
+        _load_into(classifier.head, run.head, strict_keys=True)
 
 
 def _load_into(module: nn.Module, path: Path, *, strict_keys: bool) -> None:

@@ -1,7 +1,8 @@
 """The training recipe: ``run(cfg)`` reads top to bottom in the order things happen.
 
 data → seed → model → method → batches → optimizer → loop (evaluate, keep best, early-stop, checkpoint)
-→ restore best → test → write metrics, predictions, plots.
+→ restore best → test → write metrics, predictions, plots. What a task changes (classification, sft) lives
+in ``glmtune.tasks``; this loop is the same for every task.
 
 accelerate owns devices, mixed precision, gradient accumulation, DDP and checkpoint state; the loop itself is
 written out below.
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from glmtune import config as config_mod
 from glmtune import methods
@@ -41,6 +41,7 @@ class TrainerState:
     bad_evals: int = 0  # evaluations since the last improvement (early stopping)
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+    before: dict[str, Any] | None = None  # the untuned model's validation metrics (tasks that compare)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -101,47 +102,19 @@ def latest_checkpoint(run: RunDir) -> Path | None:
     return found[-1] if found else None
 
 
-# --------------------------------------------------------------------------- evaluation pass
-
-
-@torch.no_grad()
-def predict(model, loader, accelerator) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Class probabilities over a whole (sharded) loader, gathered in dataset order.
-
-    Returns ``probs`` [n, num_labels], ``gold`` [n], mean cross-entropy.
-    """
-    was_training = model.training
-    model.eval()
-    indices, logits_all, gold_all = [], [], []
-    for batch in loader:
-        with accelerator.autocast():
-            logits = model(batch["input_ids"], batch["attention_mask"])  # [batch, num_labels]
-        index, logits, gold = accelerator.gather_for_metrics(
-            (batch["index"], logits.float(), batch["labels"])
-        )
-        indices.append(index.cpu())
-        logits_all.append(logits.cpu())
-        gold_all.append(gold.cpu())
-    model.train(was_training)
-    order = torch.argsort(torch.cat(indices))  # batches were length-sorted: put rows back in file order
-    logits = torch.cat(logits_all)[order]  # [n, num_labels]
-    gold = torch.cat(gold_all)[order]  # [n]
-    loss = F.cross_entropy(logits, gold).item() if len(gold) else float("nan")
-    return logits.softmax(-1), gold, loss
-
-
 # --------------------------------------------------------------------------- the recipe
 
 
 def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
-    """Train ``cfg`` into the run folder ``output``; returns the folder. Bad input raises UserError early."""
+    """Train ``cfg`` into the run folder ``output``; returns the folder. Bad input raises UserError early.
+
+    What differs between tasks (data, model, loss, metrics, output files) is the task object's
+    (``glmtune.tasks``); everything else is here, in the order it happens.
+    """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from glmtune import data as data_mod
-    from glmtune import evaluate
-    from glmtune.models import load_classifier
-    from glmtune.models.load import load_config
+    from glmtune import tasks
     from glmtune.track import Tracker
 
     run = RunDir(output)
@@ -154,10 +127,10 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
     elif run.path.is_dir() and any(run.path.iterdir()) and not overwrite:
         run.create(overwrite=False)  # raises the "not empty" error before any work is done
     train_cfg = cfg.train
+    task = tasks.create(cfg)
 
     # 1. data: read, validate, split (every bad-input error happens here, before the run folder is touched)
-    dataset = data_mod.load_classification(cfg.data)
-    labels = dataset.labels
+    task.load_data()
 
     # 2. seed and devices
     accelerator = Accelerator(
@@ -167,43 +140,23 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
     main = accelerator.is_main_process
 
     # 3. model and method: which parameters train is decided once, here
-    overrides = methods.config_overrides(cfg.method, load_config(cfg.model))  # e.g. P-tuning's prefix
-    classifier, tokenizer = load_classifier(
-        cfg.model, len(labels), dropout=train_cfg.dropout, config_overrides=overrides
-    )
-    params = methods.apply(classifier, cfg.method)
+    model, tokenizer = task.build_model()
+    params = methods.apply(model, cfg.method)
     if train_cfg.gradient_checkpointing:
-        classifier.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable()
 
-    # 4. batches: tokenised once, length-grouped, padded per batch
-    pad_id = tokenizer.pad_token_id
-    splits = {name: getattr(dataset, name) for name in ("train", "validation", "test")}
-    encoded = {
-        name: data_mod.encode_examples(tokenizer, examples, train_cfg.max_seq_len)
-        for name, examples in splits.items()
-    }
-    train_loader = data_mod.make_loader(
-        encoded["train"],
-        train_cfg.batch_size,
-        seed=train_cfg.seed,
-        shuffle=True,
-        group_by_length=train_cfg.group_by_length,
-        pad_id=pad_id,
-    )
-    eval_loaders = {
-        name: data_mod.make_loader(
-            encoded[name], cfg.eval.batch_size, seed=0, shuffle=False, group_by_length=True, pad_id=pad_id
-        )
-        for name in ("validation", "test")
-    }
+    # 4. batches: encoded once (templates, label masks, truncation live in the task's data code)
+    loaders = task.make_loaders(tokenizer, model)
 
     # 5. optimizer and schedule
     from transformers import get_scheduler
 
-    optimizer = build_optimizer(classifier, train_cfg)
-    model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
-        classifier, optimizer, train_loader, eval_loaders["validation"], eval_loaders["test"]
+    optimizer = build_optimizer(model, train_cfg)
+    model, optimizer, *prepared = accelerator.prepare(
+        model, optimizer, loaders["train"], loaders["validation"], loaders["test"]
     )
+    task.loaders = dict(zip(("train", "validation", "test"), prepared))
+    train_loader = task.loaders["train"]
     steps = total_steps(train_cfg, len(train_loader))
     # Not prepared by accelerate (it would step once per process); stepped once per optimizer step below.
     scheduler = get_scheduler(
@@ -221,36 +174,28 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
         run.create(overwrite=overwrite)
         run.write_marker({"task": cfg.task})
         atomic_write_text(run.config, config_mod.dump(cfg))
-        atomic_write_json(run.labels, labels)
-        atomic_write_json(run.path / "data_summary.json", dataset.summary())
+        task.write_start(run)
     accelerator.wait_for_everyone()
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint), strict=False)
         state = TrainerState(**read_json(checkpoint / "trainer_state.json"))
 
     tracker = Tracker(run, steps, enabled=main, start_step=state.step)
-    truncated = {name: ds.num_truncated for name, ds in encoded.items() if ds.num_truncated}
-    if truncated:
-        tracker.write(
-            f"cut to train.max_seq_len={train_cfg.max_seq_len} tokens: {truncated} examples per split"
-        )
-    tracker.write(
-        f"{params} · {len(splits['train'])} train / {len(splits['validation'])} validation / "
-        f"{len(splits['test'])} test examples · {steps} steps · precision {accelerator.mixed_precision}"
-    )
+    for line in task.describe():
+        tracker.write(line)
+    tracker.write(f"{params} · {steps} steps · precision {accelerator.mixed_precision}")
     eval_every = train_cfg.eval_steps or len(train_loader) // train_cfg.grad_accum or 1
     save_every = train_cfg.save_steps or eval_every
+    if task.compare_before_after and state.before is None and task.size("validation"):
+        state.before = task.evaluate(model, "validation", accelerator, final=True)  # the untuned model
 
     # 7. the loop
     def evaluate_validation() -> None:
-        if not splits["validation"]:  # no validation data: the last weights are the ones kept
+        if not task.size("validation"):  # no validation data: the last weights are the ones kept
             return
-        probs, gold, loss = predict(model, val_loader, accelerator)
-        metrics = evaluate.classification_metrics(gold.tolist(), probs.numpy(), labels, loss=loss)
+        metrics = task.evaluate(model, "validation", accelerator)
         value = metrics[train_cfg.metric]
-        tracker.log(
-            state.step, "validation", **{k: metrics[k] for k in ("loss", "accuracy", "macro_f1", "auc")}
-        )
+        tracker.log(state.step, "validation", **{k: metrics.get(k) for k in task.logged})
         state.history.append({"step": state.step, train_cfg.metric: value})
         if value is not None and improved(value, state.best_metric, train_cfg):
             state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
@@ -280,16 +225,14 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
         loader.set_epoch(state.epoch)  # reshuffle: same seed + epoch → same batches (also on resume)
         for batch in loader:
             with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    logits = model(batch["input_ids"], batch["attention_mask"])  # [batch, num_labels]
-                loss = F.cross_entropy(logits.float(), batch["labels"])
+                loss, tokens = task.loss(model, batch, accelerator)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and train_cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             running_loss += loss.item() / train_cfg.grad_accum
-            running_tokens += int(batch["attention_mask"].sum()) * accelerator.num_processes
+            running_tokens += tokens * accelerator.num_processes
             state.batches_in_epoch += 1
             epoch_done = state.batches_in_epoch == len(train_loader)
             if epoch_done:  # a checkpoint taken from here on resumes at the start of the next epoch
@@ -315,30 +258,24 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
             f"early stop at step {state.step}: no {train_cfg.metric} gain for {train_cfg.patience} evals"
         )
 
-    # 8. the best weights back, then the held-out test set
+    # 8. the best weights back, then every metric on validation and the held-out test set
     accelerator.wait_for_everyone()
     if state.best_step is not None:
         methods.restore(accelerator.unwrap_model(model), cfg.method, run)
     elif main:
         methods.save(accelerator.unwrap_model(model), cfg.method, run)
     results: dict[str, Any] = {}
-    for name, loader in (("validation", val_loader), ("test", test_loader)):
-        if not splits[name]:
-            continue
-        probs, gold, loss = predict(model, loader, accelerator)
-        results[name] = evaluate.classification_metrics(gold.tolist(), probs.numpy(), labels, loss=loss)
-        if name == "test" and main:
-            texts = [example.text for example in splits["test"]]
-            rows = evaluate.prediction_rows(texts, gold.tolist(), probs.numpy(), labels)
-            evaluate.write_predictions(run.predictions, rows)
+    for name in ("validation", "test"):
+        if task.size(name):
+            results[name] = task.evaluate(model, name, accelerator, final=True)
+    if state.before is not None and "validation" in results:
+        results["before"], results["after"] = state.before, results["validation"]
     tracker.close()
     if main:
         results["best_step"] = state.best_step
         results["steps"] = state.step
         atomic_write_json(run.metrics, results)
-        if "test" in results:
-            evaluate.plot_confusion(results["test"]["confusion_matrix"], labels, run.confusion_plot)
-        print(evaluate.format_metrics_table({k: results[k] for k in ("validation", "test") if k in results}))
+        task.write_outputs(run, results)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run.path
@@ -359,4 +296,4 @@ def default_output(config_path: str | None) -> Path:
     return Path(os.environ.get("GLMTUNE_RUNS", "runs")) / name
 
 
-__all__ = ["run", "predict", "TrainerState", "UserError", "default_output", "describe"]
+__all__ = ["run", "TrainerState", "UserError", "default_output", "describe"]

@@ -13,6 +13,8 @@ _EXPORTS = {
     "BUILTIN_MODELS": "builtin",
     "list_models": "builtin",
     "resolve_builtin": "builtin",
+    "CausalLM": "causal",
+    "load_language_model": "causal",
     "SequenceClassifier": "heads",
     "load_classifier": "heads",
     "load_backbone": "load",
@@ -21,17 +23,20 @@ _EXPORTS = {
 }
 __all__ = [
     "BUILTIN_MODELS",
+    "CausalLM",
     "SequenceClassifier",
     "list_models",
     "load_backbone",
     "load_causal_lm",
     "load_classifier",
+    "load_language_model",
     "load_tokenizer",
     "resolve_builtin",
 ]
 
 if TYPE_CHECKING:
     from glmtune.models.builtin import BUILTIN_MODELS, list_models, resolve_builtin
+    from glmtune.models.causal import CausalLM, load_language_model
     from glmtune.models.heads import SequenceClassifier, load_classifier
     from glmtune.models.load import load_backbone, load_causal_lm, load_tokenizer
 

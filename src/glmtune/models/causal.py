@@ -1,0 +1,55 @@
+"""A causal LM in the shape ``methods`` works on: ``backbone`` (the whole ``AutoModelForCausalLM``) and no head.
+
+Composition, as ``SequenceClassifier``: ``methods`` may replace ``backbone`` with a peft wrapper; everything here
+only calls it. Generation goes through ``backbone.generate`` (peft forwards it to the base model).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from glmtune.config import ModelConfig
+
+
+class CausalLM(nn.Module):
+    """``backbone(**batch)`` → transformers' ``CausalLMOutput``; ``head`` is None (the LM head is the model's own)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = None
+
+    @property
+    def config(self) -> Any:
+        return self.backbone.config
+
+    def forward(self, **batch: Any) -> Any:
+        return self.backbone(**batch)
+
+    def generate(self, **kwargs: Any) -> Any:
+        return self.backbone.generate(**kwargs)
+
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None
+    ) -> None:
+        """Recompute activations in backward; inputs require grad so a frozen embedding still passes gradients
+        on to adapters and prefixes."""
+        self.backbone.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs=gradient_checkpointing_kwargs
+        )
+        enable_input_grads = getattr(self.backbone, "enable_input_require_grads", None)
+        if enable_input_grads is not None:
+            enable_input_grads()
+
+
+def load_language_model(
+    cfg: ModelConfig, *, dropout: float | None = None, config_overrides: dict[str, Any] | None = None
+) -> tuple[CausalLM, Any]:
+    """The causal LM (wrapped for ``methods``) and its tokenizer."""
+    from glmtune.models.load import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg)
+    model = load_causal_lm(cfg, dropout=dropout, config_overrides=config_overrides)
+    return CausalLM(model), tokenizer

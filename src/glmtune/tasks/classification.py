@@ -1,0 +1,158 @@
+"""Sequence classification: a linear head on a pooled token of a causal LM's body, cross-entropy on labels.
+
+Data: ``data.load_classification`` (read, check, stratified split). Outputs: labels.json, data_summary.json,
+predictions.jsonl (test), confusion.png and the metrics table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from glmtune import methods
+from glmtune.config import Config
+from glmtune.runs import RunDir, atomic_write_json
+
+LOGGED = ("loss", "accuracy", "macro_f1", "auc")  # validation metrics in log.jsonl and TensorBoard
+
+
+@torch.no_grad()
+def predict(model, loader, accelerator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Class probabilities over a whole (sharded) loader, gathered in dataset order.
+
+    Returns ``probs`` [n, num_labels], ``gold`` [n], mean cross-entropy.
+    """
+    was_training = model.training
+    model.eval()
+    indices, logits_all, gold_all = [], [], []
+    for batch in loader:
+        with accelerator.autocast():
+            logits = model(batch["input_ids"], batch["attention_mask"])  # [batch, num_labels]
+        index, logits, gold = accelerator.gather_for_metrics(
+            (batch["index"], logits.float(), batch["labels"])
+        )
+        indices.append(index.cpu())
+        logits_all.append(logits.cpu())
+        gold_all.append(gold.cpu())
+    model.train(was_training)
+    order = torch.argsort(torch.cat(indices))  # batches were length-sorted: put rows back in file order
+    logits = torch.cat(logits_all)[order]  # [n, num_labels]
+    gold = torch.cat(gold_all)[order]  # [n]
+    loss = F.cross_entropy(logits, gold).item() if len(gold) else float("nan")
+    return logits.softmax(-1), gold, loss
+
+
+class Classification:
+    """The classification task (see ``glmtune.tasks`` for the protocol)."""
+
+    logged = LOGGED
+    compare_before_after = False  # an untrained head is chance: nothing to compare
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.loaders: dict[str, Any] = {}
+        self._probs: dict[str, Any] = {}
+
+    # 1. data
+    def load_data(self) -> None:
+        from glmtune import data as data_mod
+
+        self.dataset = data_mod.load_classification(self.cfg.data)
+        self.labels = self.dataset.labels
+        self.splits = {name: getattr(self.dataset, name) for name in ("train", "validation", "test")}
+
+    # 2. model
+    def build_model(self) -> tuple[torch.nn.Module, Any]:
+        from glmtune.models import load_classifier
+        from glmtune.models.load import load_config
+
+        cfg = self.cfg
+        overrides = methods.config_overrides(cfg.method, load_config(cfg.model))  # e.g. P-tuning's prefix
+        return load_classifier(
+            cfg.model, len(self.labels), dropout=cfg.train.dropout, config_overrides=overrides
+        )
+
+    # 3. batches: tokenised once, length-grouped, padded per batch
+    def make_loaders(self, tokenizer: Any, model: torch.nn.Module) -> dict[str, Any]:
+        from glmtune import data as data_mod
+
+        cfg, train = self.cfg, self.cfg.train
+        pad_id = tokenizer.pad_token_id
+        encoded = {
+            name: data_mod.encode_examples(tokenizer, examples, train.max_seq_len)
+            for name, examples in self.splits.items()
+        }
+        self.truncated = {name: ds.num_truncated for name, ds in encoded.items() if ds.num_truncated}
+        return {
+            "train": data_mod.make_loader(
+                encoded["train"],
+                train.batch_size,
+                seed=train.seed,
+                shuffle=True,
+                group_by_length=train.group_by_length,
+                pad_id=pad_id,
+            ),
+            **{
+                name: data_mod.make_loader(
+                    encoded[name],
+                    cfg.eval.batch_size,
+                    seed=0,
+                    shuffle=False,
+                    group_by_length=True,
+                    pad_id=pad_id,
+                )
+                for name in ("validation", "test")
+            },
+        }
+
+    def describe(self) -> list[str]:
+        lines = []
+        if self.truncated:
+            lines.append(
+                f"cut to train.max_seq_len={self.cfg.train.max_seq_len} tokens: {self.truncated} examples per split"
+            )
+        sizes = " / ".join(f"{len(self.splits[n])} {n}" for n in ("train", "validation", "test"))
+        return lines + [f"{sizes} examples"]
+
+    def size(self, split: str) -> int:
+        return len(self.splits[split])
+
+    # 4. the loss of one batch
+    def loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], accelerator: Any
+    ) -> tuple[torch.Tensor, int]:
+        with accelerator.autocast():
+            logits = model(batch["input_ids"], batch["attention_mask"])  # [batch, num_labels]
+        loss = F.cross_entropy(logits.float(), batch["labels"])
+        return loss, int(batch["attention_mask"].sum())
+
+    # 5. evaluation
+    def evaluate(
+        self, model: torch.nn.Module, split: str, accelerator: Any, final: bool = False
+    ) -> dict[str, Any]:
+        from glmtune import evaluate
+
+        probs, gold, loss = predict(model, self.loaders[split], accelerator)
+        self._probs[split] = (probs, gold)
+        return evaluate.classification_metrics(gold.tolist(), probs.numpy(), self.labels, loss=loss)
+
+    # 6. the run folder
+    def write_start(self, run: RunDir) -> None:
+        atomic_write_json(run.labels, self.labels)
+        atomic_write_json(run.path / "data_summary.json", self.dataset.summary())
+
+    def write_outputs(self, run: RunDir, results: dict[str, Any]) -> None:
+        from glmtune import evaluate
+
+        if "test" in results:
+            probs, gold = self._probs["test"]
+            texts = [example.text for example in self.splits["test"]]
+            rows = evaluate.prediction_rows(texts, gold.tolist(), probs.numpy(), self.labels)
+            evaluate.write_predictions(run.predictions, rows)
+            evaluate.plot_confusion(results["test"]["confusion_matrix"], self.labels, run.confusion_plot)
+        print(evaluate.format_metrics_table({k: results[k] for k in ("validation", "test") if k in results}))
+
+
+__all__ = ["Classification", "predict"]
