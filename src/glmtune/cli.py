@@ -1,4 +1,4 @@
-"""`glmtune train|eval|predict|models|data`: command names → plain functions.
+"""`glmtune train|eval|predict|chat|models|data`: command names → plain functions.
 
 Heavy imports (torch, transformers) live inside the functions so ``glmtune --help`` is instant.
 """
@@ -63,6 +63,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(out)
 
 
+def _run_task(run_dir: str) -> str:
+    """The task of a run folder (from its glmtune.json), checked before anything heavy loads."""
+    from glmtune.runs import RunDir
+
+    return RunDir(run_dir).check(need_weights=True).get("task", "classification")
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from glmtune import classify, data
     from glmtune.runs import atomic_write_jsonl
@@ -71,6 +78,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise UserError(
             "give exactly one of --text and --input", expected="--text 'a review' or --input FILE"
         )
+    if _run_task(args.run_dir) == "sft":
+        predict_sft(args)
+        return
     loaded = classify.load_run(args.run_dir)
     if args.text is not None:
         probs = classify.predict_texts(loaded, [args.text])
@@ -88,6 +98,45 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(output)
 
 
+def predict_sft(args: argparse.Namespace) -> None:
+    """Replies of an SFT run: ``--text`` prints one JSON object; ``--input`` writes JSONL (with a progress bar)."""
+    from glmtune import replies
+    from glmtune.data.conversation import Conversation, Message
+    from glmtune.runs import atomic_write_jsonl
+
+    loaded = replies.load_run(args.run_dir)
+    if args.text is not None:
+        row = replies.reply_all(loaded, [Conversation([Message("user", args.text)])])[0]
+        print(json.dumps(row, ensure_ascii=False))
+        return
+    prompts = replies.read_prompts(args.input)
+    rows = replies.reply_all(loaded, prompts, progress=True)
+    output = Path(args.output) if args.output else Path(args.input).with_suffix(".predictions.jsonl")
+    atomic_write_jsonl(output, rows)
+    print(output)
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from glmtune import chat, replies
+
+    loaded = replies.load(args.run_or_model, args.template)
+    overrides = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "repetition_penalty": args.repetition_penalty,
+        "seed": args.seed,
+    }
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(loaded.cfg.generate, key, value)
+    if args.sample is not None:
+        loaded.cfg.generate.do_sample = args.sample
+    loaded.cfg.generate.__post_init__()  # the same checks as in a config file
+    chat.run_chat(loaded, system=args.system, max_context=args.max_context)
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from glmtune.models import list_models
 
@@ -96,10 +145,44 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> None:
+    if args.action == "inspect":
+        inspect_data(args)
+        return
     from glmtune.data import list_datasets
 
     for row in list_datasets():
         print("  ".join(f"{k}={v}" for k, v in row.items()))
+
+
+def inspect_data(args: argparse.Namespace) -> None:
+    """The first training conversations of an SFT config as the model sees them, learned tokens highlighted."""
+    from glmtune import config
+    from glmtune.data.sft import load_sft
+    from glmtune.data.templates import encode_conversation, render_mask
+    from glmtune.models.load import load_tokenizer
+    from glmtune.replies import resolve_template
+
+    if args.config is None:
+        raise UserError("no config given", expected="glmtune data inspect CONFIG.yaml [--n 3]")
+    cfg = config.load(args.config, args.overrides)
+    if cfg.task != "sft":
+        raise UserError(f"got task {cfg.task}", field="task", expected="sft (inspect shows chat templates)")
+    conversations = load_sft(cfg.data).train[: args.n]
+    tokenizer = load_tokenizer(cfg.model)
+    fmt = resolve_template(tokenizer, cfg.data.template)
+    color = sys.stdout.isatty()
+    for number, conv in enumerate(conversations, 1):
+        encoded = encode_conversation(
+            tokenizer, conv, fmt, max_seq_len=cfg.train.max_seq_len, train_on_prompt=cfg.data.train_on_prompt
+        )
+        learned = sum(label != -100 for label in encoded.labels)
+        state = " · dropped (too long)" if encoded.dropped else " · truncated" if encoded.truncated else ""
+        print(
+            f"--- {number}: {conv.source}:{conv.line} · {len(encoded.input_ids)} tokens, {learned} learned{state}"
+        )
+        print(render_mask(tokenizer, encoded.input_ids, encoded.labels, color=color))
+    legend = "learned tokens in bold green" if color else "learned tokens in «»"
+    print(f"--- template {fmt.name} · {legend}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,19 +205,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="a labelled file (same text/label columns as training)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="label texts with a trained run")
+    p = sub.add_parser(
+        "predict", help="label texts (classification) or reply to prompts (sft) with a trained run"
+    )
     p.add_argument("run_dir")
-    p.add_argument("--text", help="one text: prints a JSON object with label and probs")
-    p.add_argument("--input", help="a file of texts (JSONL/CSV/...): writes JSONL predictions")
+    p.add_argument("--text", help="one text: prints a JSON object (label and probs, or the reply)")
+    p.add_argument(
+        "--input",
+        help="a file of texts (JSONL/CSV/...; sft: messages, prompt, text or instruction): writes JSONL",
+    )
     p.add_argument("--output", help="where --input predictions go (default: INPUT.predictions.jsonl)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("chat", help="talk to an sft run or a model in the terminal (streamed, multi-turn)")
+    p.add_argument("run_or_model", help="an sft run folder, a built-in model name or an HF model folder")
+    p.add_argument("--system", help="a system message for the whole conversation")
+    p.add_argument("--template", help="chat template for a bare model (default: auto)")
+    p.add_argument("--max-new-tokens", type=int, help="reply length limit (default: the run's generate.*)")
+    p.add_argument("--sample", action=argparse.BooleanOptionalAction, default=None, help="sample (or greedy)")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--seed", type=int, help="sampling seed")
+    p.add_argument("--max-context", type=int, help="tokens of history + reply (default: the model's)")
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("models", help="list built-in models")
     p.add_argument("--cache-dir", help="the built-in model cache to inspect")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("data", help="built-in datasets")
-    p.add_argument("action", choices=["list"])
+    p = sub.add_parser("data", help="built-in datasets; inspect how an sft config's data is encoded")
+    p.add_argument("action", choices=["list", "inspect"])
+    p.add_argument("config", nargs="?", help="inspect: the sft config")
+    p.add_argument("overrides", nargs="*", help="inspect: dotted overrides like data.template=chatml")
+    p.add_argument("--n", type=int, default=3, help="inspect: how many training conversations to show")
     p.set_defaults(func=cmd_data)
     return parser
 

@@ -26,7 +26,7 @@ class UserError(Exception):
         field: str | None = None,
         expected: str | None = None,
     ) -> None:
-        self.file, self.line, self.field, self.expected = file, line, field, expected
+        self.message, self.file, self.line, self.field, self.expected = message, file, line, field, expected
         where = ""
         if file is not None:
             where = f"{file}:{line}: " if line is not None else f"{file}: "

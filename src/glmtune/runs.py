@@ -1,7 +1,7 @@
 """The run folder: its layout, atomic writes, and saving/loading what a run produced.
 
-Layout (docs/DESIGN.md): config.yaml · adapter/ or body.safetensors · head.safetensors + labels.json · metrics.json ·
-predictions.jsonl · log.jsonl · tb/ · loss.png · confusion.png · checkpoints/.
+Layout (docs/DESIGN.md): config.yaml · adapter/ or body.safetensors · head.safetensors + labels.json (classification
+only) · metrics.json · predictions.jsonl · log.jsonl · tb/ · loss.png · confusion.png · checkpoints/.
 Everything is written to a temporary name in the same folder and renamed, so a killed process never leaves
 a half-written file behind.
 """
@@ -137,7 +137,8 @@ class RunDir:
                 file=str(self.path),
                 expected=f"format {RUN_FORMAT}; re-train with this glmtune version",
             )
-        if need_weights and not self.head.is_file():
+        trained = self.head.is_file() or self.body.is_file() or self.adapter.is_dir()
+        if need_weights and not trained:
             raise UserError("run folder holds no trained weights (did training finish?)", file=str(self.path))
         return info
 

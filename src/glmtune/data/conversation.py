@@ -292,8 +292,9 @@ def detect_format(records: list[Record], source: str) -> str:
     )
 
 
-def _check(messages: list[Message], tools: list[dict] | None, at: _Where) -> None:
-    """What every template needs: messages, system only first, a reply last, declared tool calls."""
+def _check(messages: list[Message], tools: list[dict] | None, at: _Where, require_reply: bool = True) -> None:
+    """What every template needs: messages, system only first, a reply last (unless ``require_reply`` is
+    False: a prompt to reply to), declared tool calls."""
     if not messages:
         raise at.error("the conversation has no messages", expected="at least a user turn and a reply")
     for index, message in enumerate(messages):
@@ -310,11 +311,17 @@ def _check(messages: list[Message], tools: list[dict] | None, at: _Where) -> Non
                 expected="reply text or tool calls",
             )
     last = messages[-1].role
-    if last != "assistant":
+    if require_reply and last != "assistant":
         raise at.error(
             f"the last message is the {last}'s",
             field="messages",
             expected="the assistant's reply last (a conversation must end with what the model should learn)",
+        )
+    if not require_reply and last not in ("user", "tool"):
+        raise at.error(
+            f"the last message is the {last}'s",
+            field="messages",
+            expected="a user or tool message last (the model replies to it)",
         )
     declared = set(tool_names(tools))
     for message in messages:
@@ -330,12 +337,13 @@ def _check(messages: list[Message], tools: list[dict] | None, at: _Where) -> Non
 
 
 def conversations_from_records(
-    records: list[Record], source: str | Path, format: str = "auto"
+    records: list[Record], source: str | Path, format: str = "auto", *, require_reply: bool = True
 ) -> list[Conversation]:
     """Records (from ``read_records`` or a built-in dataset) → checked Conversations, in order.
 
     ``format`` is one of ``FORMATS`` or ``"auto"`` (detected once for all records). A record's own
     ``"_source"`` (built-in datasets spread over files) takes precedence over ``source`` in errors.
+    ``require_reply=False`` reads prompts: conversations that end with a user (or tool) turn, to be answered.
     """
     source = str(source)
     name = format.replace("-", "_")
@@ -349,7 +357,7 @@ def conversations_from_records(
         origin = str(record.get("_source", source))
         at = _Where(origin, record.get(LINE_KEY))
         messages, tools = parse(record, at)
-        _check(messages, tools, at)
+        _check(messages, tools, at, require_reply)
         conversations.append(Conversation(messages, tools, at.line, origin))
     return conversations
 

@@ -170,6 +170,10 @@ class _TextFormat:
     def stop_ids(self) -> list[int]:
         raise NotImplementedError
 
+    def parse_reply(self, text: str) -> dict[str, Any]:
+        """A generated reply as a message: ``{"content": text}`` (tool calls are not parsed from text formats)."""
+        return {"content": text}
+
     def encode(
         self, tokenizer: Any, messages: Sequence[Message], tools: list | None, train_on_prompt: bool
     ) -> tuple[list[int], list[int]]:
@@ -405,6 +409,10 @@ class _ChatGLM3Format:
 
     def stop_ids(self) -> list[int]:
         return self.chat_format.stop_ids(self.tokenizer)
+
+    def parse_reply(self, text: str) -> dict[str, Any]:
+        """``{"content"}``, or a tool call ``{"name", "parameters"}`` (ChatGLM3's ``parse_reply``)."""
+        return self.chat_format.parse_reply(text)
 
 
 def resolve_template(tokenizer: Any, template: str = "auto") -> _TextFormat | _ChatGLM3Format:

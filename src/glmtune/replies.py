@@ -1,0 +1,241 @@
+"""Use a trained SFT run (or an untuned model): load it back, turn prompts into replies.
+
+The generation counterpart of ``classify``: ``glmtune predict`` and ``glmtune chat`` load through here, and the
+SFT task generates its validation/test replies with the same ``generate_replies``. Runs on one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glmtune import methods
+from glmtune.config import Config
+from glmtune.data.conversation import Conversation, Message
+from glmtune.errors import UserError
+from glmtune.runs import RunDir
+
+
+def as_config_field(error: UserError) -> UserError:
+    """data.templates names its argument ``template``; in a run that is the config's ``data.template``."""
+    if error.field != "template":
+        return error
+    return UserError(
+        error.message, file=error.file, line=error.line, field="data.template", expected=error.expected
+    )
+
+
+def resolve_template(tokenizer: Any, template: str) -> Any:
+    """``data.templates.resolve_template``, its errors naming the config field ``data.template``."""
+    from glmtune.data import templates
+
+    try:
+        return templates.resolve_template(tokenizer, template)
+    except UserError as error:
+        raise as_config_field(error) from None
+
+
+def generation_config(cfg: Config, stop_ids: list[int]) -> Any:
+    from glmtune.generate import GenerationConfig
+
+    return GenerationConfig(**dataclasses.asdict(cfg.generate), stop_ids=stop_ids)
+
+
+def generate_replies(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    gen_cfg: Any,
+    batch_size: int,
+    *,
+    autocast: Any = nullcontext,
+    progress: bool = False,
+) -> list[Any]:
+    """``generate.Generated`` replies for token-id prompts, in order: longest prompts first in batches of
+    ``batch_size`` (little padding), one ``model.generate`` per batch."""
+    from tqdm.auto import tqdm
+
+    from glmtune.generate import generate
+
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    replies: list[Any] = [None] * len(prompts)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress, dynamic_ncols=True)
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            with torch.no_grad(), autocast():
+                outputs = generate(model, tokenizer, [prompts[i] for i in chunk], gen_cfg)
+            for index, reply in zip(chunk, outputs):
+                replies[index] = reply
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return replies
+
+
+def prompt_ids(tokenizer: Any, messages: list[Any], tools: Any, template: str, max_len: int) -> list[int]:
+    """The generation prompt for ``messages``; an over-long prompt keeps its last ``max_len`` tokens."""
+    from glmtune.data.templates import encode_prompt
+
+    ids = encode_prompt(tokenizer, messages, template, tools)
+    return ids[-max_len:]
+
+
+# =========================================================================== using a trained run
+
+
+@dataclass
+class LoadedLM:
+    """A causal LM ready to generate: the run's config (or defaults around a bare model), model, tokenizer."""
+
+    cfg: Config
+    model: torch.nn.Module
+    tokenizer: Any
+    format: Any  # the resolved chat template (stop ids, parse_reply)
+    run: RunDir | None = None
+
+    def autocast(self) -> Any:
+        from glmtune.train import mixed_precision
+
+        device = next(self.model.parameters()).device
+        enabled = mixed_precision(self.cfg.train) == "bf16"
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _place(model: torch.nn.Module) -> torch.nn.Module:
+    return model.to("cuda") if torch.cuda.is_available() else model
+
+
+def load_run(path: str | Path) -> LoadedLM:
+    """Base model + a finished SFT run's trained weights, in eval mode."""
+    from glmtune import config as config_mod
+    from glmtune.models.causal import load_language_model
+    from glmtune.models.load import load_config
+
+    run = RunDir(path)
+    run.check(need_weights=True)
+    cfg = config_mod.load(run.config)
+    if cfg.task != "sft":
+        raise UserError(f"a {cfg.task} run, not an sft run", file=str(run.path), expected="an sft run folder")
+    overrides = methods.config_overrides(cfg.method, load_config(cfg.model))
+    model, tokenizer = load_language_model(cfg.model, config_overrides=overrides)
+    methods.load(model, cfg.method, run)
+    fmt = resolve_template(tokenizer, cfg.data.template)
+    return LoadedLM(cfg, _place(model.eval()), tokenizer, fmt, run)
+
+
+def load_base(name_or_path: str, template: str = "auto") -> LoadedLM:
+    """An untuned model (a built-in name or an HF folder) to chat with."""
+    from glmtune import config as config_mod
+    from glmtune.models.causal import load_language_model
+
+    cfg = config_mod.from_dict(
+        {"task": "sft", "model": {"name_or_path": name_or_path}, "data": {"template": template}}
+    )
+    model, tokenizer = load_language_model(cfg.model)
+    fmt = resolve_template(tokenizer, template)
+    return LoadedLM(cfg, _place(model.eval()), tokenizer, fmt)
+
+
+def load(run_or_model: str, template: str | None = None) -> LoadedLM:
+    """A run folder (has glmtune.json) or a model name/folder."""
+    if (Path(run_or_model) / "glmtune.json").is_file():
+        loaded = load_run(run_or_model)
+        if template is not None and template != loaded.cfg.data.template:
+            raise UserError(
+                "a run chats with the template it was trained with",
+                field="--template",
+                expected=f"no --template, or {loaded.cfg.data.template}",
+            )
+        return loaded
+    return load_base(run_or_model, template or "auto")
+
+
+def read_prompts(path: str | Path) -> list[Conversation]:
+    """Prompts to reply to, from a JSONL/JSON/CSV/... file: ``messages`` (or sharegpt ``conversations``) ending
+    with the user's turn, else a ``prompt``, ``text`` or alpaca ``instruction`` (+ ``input``) column, with an
+    optional ``system``."""
+    from glmtune.data.conversation import conversations_from_records
+    from glmtune.data.read import columns_of, read_records, where
+
+    records = read_records(path)
+    if not records:
+        raise UserError("no prompts in the file", file=str(path), expected="at least one record")
+    columns = columns_of(records)
+    if "messages" in columns or "conversations" in columns:
+        return conversations_from_records(records, path, require_reply=False)
+    key = next((c for c in ("prompt", "text", "instruction") if c in columns), None)
+    if key is None:
+        raise UserError(
+            f"no prompt column (found: {', '.join(columns) or 'none'})",
+            file=str(path),
+            expected="a messages, prompt, text or instruction column",
+        )
+    prompts = []
+    for record in records:
+        text, extra, system = record.get(key), record.get("input"), record.get("system")
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(
+                f"got {text!r}", **where(path, record.get("_line")), field=key, expected="a non-empty string"
+            )
+        if key == "instruction" and isinstance(extra, str) and extra.strip():
+            text = f"{text}\n{extra}"
+        messages = ([Message("system", system)] if isinstance(system, str) and system else []) + [
+            Message("user", text)
+        ]
+        prompts.append(Conversation(messages, None, record.get("_line"), str(path)))
+    return prompts
+
+
+def reply_all(
+    loaded: LoadedLM, prompts: list[Conversation], *, progress: bool = False
+) -> list[dict[str, Any]]:
+    """One row per prompt: the prompt (its last turn), the reply text, why it ended and the parsed reply
+    (``message``: ``{"content"}``, or a tool call ``{"name", "parameters"}`` for templates that have them)."""
+    cfg = loaded.cfg
+    ids = [
+        prompt_ids(loaded.tokenizer, p.messages, p.tools, cfg.data.template, cfg.train.max_seq_len)
+        for p in prompts
+    ]
+    gen_cfg = generation_config(cfg, loaded.format.stop_ids())
+    replies = generate_replies(
+        loaded.model,
+        loaded.tokenizer,
+        ids,
+        gen_cfg,
+        cfg.eval.batch_size,
+        autocast=loaded.autocast,
+        progress=progress,
+    )
+    return [
+        {
+            "prompt": prompt.messages[-1].content,
+            "output": reply.text,
+            "finish_reason": reply.finish_reason,
+            "message": loaded.format.parse_reply(reply.text),
+        }
+        for prompt, reply in zip(prompts, replies)
+    ]
+
+
+__all__ = [
+    "LoadedLM",
+    "as_config_field",
+    "generate_replies",
+    "generation_config",
+    "load",
+    "load_base",
+    "load_run",
+    "prompt_ids",
+    "read_prompts",
+    "reply_all",
+    "resolve_template",
+]

@@ -1,0 +1,211 @@
+"""task: sft end to end on a tiny random Llama: 2-step CLI runs, the run folder, what trained, predict, chat."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from glmtune.cli import main
+from tests.conftest import NEGATIVE, POSITIVE, write_jsonl
+
+ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+GENERATION_KEYS = ("bleu4", "rouge1_char", "rougeL_char", "rougeL_word", "exact_match")
+
+
+def chat_rows(n: int = 40, seed: int = 0) -> list[dict]:
+    """Short one-turn conversations over the tiny tokenizer's characters."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        good = i % 2 == 0
+        word = rng.choice(POSITIVE if good else NEGATIVE)
+        reply = ("很好" if good else "很差") + "。"
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": "这个" + word},
+                    {"role": "assistant", "content": reply},
+                ]
+            }
+        )
+    return rows
+
+
+@pytest.fixture
+def chat_file(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "chat.jsonl", chat_rows())
+
+
+def sft_config(model_dir: Path, data: dict, **sections) -> dict:
+    cfg = {
+        "task": "sft",
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"template": "plain", "validation_size": 6, "test_size": 6, **data},
+        "method": {"name": "lora", "lora_r": 4, "lora_alpha": 8},
+        "train": {
+            "max_steps": 2,
+            "warmup_ratio": 0.0,
+            "batch_size": 8,
+            "lr": 1e-2,
+            "max_seq_len": 48,
+            "log_steps": 1,
+            "mixed_precision": "no",
+        },
+        "eval": {"batch_size": 4},
+        "generate": {"max_new_tokens": 6},
+    }
+    for section, values in sections.items():
+        cfg[section] = {**cfg.get(section, {}), **values}
+    return cfg
+
+
+def train(tmp_path: Path, cfg: dict) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    out = tmp_path / "run"
+    main(["train", str(path), "--output", str(out)])
+    return out
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+@pytest.mark.parametrize("method", ["full", "freeze", "lora"])
+def test_sft_run_writes_the_run_folder(tmp_path, tiny_model_dir, chat_file, method, capsys):
+    cfg = sft_config(
+        tiny_model_dir, {"train_file": str(chat_file)}, method={"name": method, "trainable_layers": 1}
+    )
+    run = train(tmp_path, cfg)
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1] == str(run)
+    assert "before" in out and "perplexity" in out, "the before/after table is printed"
+    for name in ("config.yaml", "metrics.json", "predictions.jsonl", "log.jsonl", "loss.png", "glmtune.json"):
+        assert (run / name).is_file(), name
+    assert not (run / "head.safetensors").exists() and not (run / "labels.json").exists()
+    metrics = json.loads((run / "metrics.json").read_text())
+    for split in ("validation", "test", "before", "after"):
+        assert metrics[split]["loss"] > 0 and metrics[split]["perplexity"] > 1, split
+        for key in GENERATION_KEYS:
+            assert 0 <= metrics[split][key] <= 100, (split, key)
+    assert metrics["after"] == metrics["validation"] and metrics["test"]["n"] == 6
+    assert metrics["after"]["loss"] < metrics["before"]["loss"], "two steps at lr 1e-2 lower the loss"
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all({"prompt", "reference", "output"} <= set(r) for r in rows)
+    assert rows[0]["reference"] in ("很好。", "很差。")
+
+    base = load_file(str(tiny_model_dir / "model.safetensors"))
+    if method == "lora":
+        adapter = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+        assert adapter and not any("lm_head" in k for k in adapter), "LoRA never wraps the LM head"
+        assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+    else:
+        body = load_file(str(run / "body.safetensors"))
+        if method == "full":  # everything, the (tied) LM head included: embeddings trained as the head
+            assert set(body) == {k for k in base if k != "lm_head.weight"}
+            assert not body["model.embed_tokens.weight"].equal(base["model.embed_tokens.weight"])
+        else:
+            assert set(body) == {k for k in base if k.startswith("model.layers.1.")} | {"model.norm.weight"}
+        assert any(not v.equal(base[k]) for k, v in body.items())
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+def test_untied_lm_head_trains_with_full(tmp_path, chat_file):
+    """With its own lm_head (not tied), ``full`` trains it: SFT must never freeze the output layer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from tests.conftest import make_tokenizer
+
+    chars = sorted({c for row in chat_rows() for m in row["messages"] for c in m["content"]})
+    tokenizer: PreTrainedTokenizerFast = make_tokenizer(chars)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                         bos_token_id=2, eos_token_id=3, pad_token_id=0)  # fmt: skip
+    model_dir = tmp_path / "untied"
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    run = train(tmp_path, sft_config(model_dir, {"train_file": str(chat_file)}, method={"name": "full"}))
+    body = load_file(str(run / "body.safetensors"))
+    base = load_file(str(model_dir / "model.safetensors"))
+    assert "lm_head.weight" in body and not body["lm_head.weight"].equal(base["lm_head.weight"])
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+def test_weighted_train_files_and_packing(tmp_path, tiny_model_dir, chat_file):
+    other = write_jsonl(
+        tmp_path / "alpaca.jsonl",
+        [{"instruction": "这个" + w, "output": "很好。"} for w in POSITIVE],
+    )
+    data = {
+        "train_files": [{"path": str(chat_file), "weight": 1.0}, {"path": str(other), "weight": 2.0}],
+        "packing": True,
+    }
+    run = train(tmp_path, sft_config(tiny_model_dir, data))
+    summary = json.loads((run / "data_summary.json").read_text())
+    total = len(chat_rows()) + len(POSITIVE)
+    assert summary["validation"]["total"] == 6 and summary["test"]["total"] == 6
+    assert summary["train"]["total"] > total - 12, "the alpaca file counts twice"
+    tokens = [json.loads(x)["tokens"] for x in (run / "log.jsonl").read_text().splitlines() if '"train"' in x]
+    assert tokens and tokens[0] > 0
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+def test_predict_and_chat_reuse_the_run(tmp_path, tiny_model_dir, chat_file, capsys):
+    run = train(tmp_path, sft_config(tiny_model_dir, {"train_file": str(chat_file)}))
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl", [{"prompt": "这个好"}, {"prompt": "这个差"}, {"prompt": "好"}]
+    )
+    capsys.readouterr()
+    main(["predict", str(run), "--input", str(prompts), "--output", str(tmp_path / "out.jsonl")])
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["这个好", "这个差", "好"]
+    assert all(isinstance(r["output"], str) and r["finish_reason"] in ("stop", "length") for r in rows)
+    main(["predict", str(run), "--text", "这个好"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["output"] == rows[0]["output"]
+
+    # The same reply through the REPL: stdin lines in, streamed replies out, scriptable.
+    chat = subprocess.run(
+        [sys.executable, "-m", "glmtune.cli", "chat", str(run)],
+        input="这个好\n/clear\n这个好\n/exit\n",
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    assert chat.stdout == (rows[0]["output"] + "\n") * 2, "after /clear the same question gets the same reply"
+
+
+def glmtune_chat(*args: str, lines: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "glmtune.cli", "chat", *args],
+        input=lines,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
+
+
+def test_chat_with_a_bare_model_keeps_and_clears_history(tiny_model_dir):
+    """Multi-turn: the second answer sees the first exchange; /clear forgets it; a tiny window drops old rounds."""
+    args = (str(tiny_model_dir), "--template", "plain", "--max-new-tokens", "5", "--sample", "--seed", "1")
+    chat = glmtune_chat(*args, lines="这个好\n这个好\n/clear\n这个好\n/exit\n这个差\n")
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    replies = chat.stdout.split("\n")[:-1]
+    assert len(replies) == 3 and replies[0], chat.stdout  # nothing after /exit
+    assert replies[2] == replies[0], "after /clear the same question gets the same reply"
+
+    small = glmtune_chat(*args, "--max-context", "16", lines="这个好\n这个差\n这个好很好很好\n")
+    assert small.returncode == 0, small.stderr[-2000:]
+    assert len(small.stdout.split("\n")[:-1]) == 3, "old rounds are dropped, the chat goes on"
+
+    bad = glmtune_chat(*args, "--temperature", "0", lines="")
+    assert bad.returncode == 2 and "generate.temperature" in bad.stderr
