@@ -1,0 +1,110 @@
+"""ChatGLM3 tool calling end to end: a tiny random ChatGLM3 (real tokenizer) fine-tuned 2 steps with task: sft on
+messages with tools, tool calls and observations (LoRA and P-tuning v2); ``glmtune predict`` replies go through
+``parse_reply``; generation stops on the chat format's stop ids."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from glmtune.cli import main
+from tests.conftest import write_jsonl
+from tests.test_chatglm3_methods import chatglm3_dir  # noqa: F401 (the tiny ChatGLM3 fixture)
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+CITIES = ["北京", "上海", "广州", "深圳", "杭州", "成都", "武汉", "西安", "南京", "重庆", "天津", "苏州"]
+
+
+def tool_rows() -> list[dict]:
+    rows = []
+    for i, city in enumerate(CITIES):
+        call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": city}}}
+        rows.append(
+            {
+                "tools": [WEATHER],
+                "messages": [
+                    {"role": "system", "content": "你是一个助手。"},
+                    {"role": "user", "content": f"{city}天气怎么样？"},
+                    {"role": "assistant", "content": "", "tool_calls": [call]},
+                    {
+                        "role": "observation",
+                        "content": json.dumps({"temperature": 20 + i}, ensure_ascii=False),
+                    },
+                    {"role": "assistant", "content": f"{city}现在{20 + i}度。"},
+                ],
+            }
+        )
+    return rows
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+@pytest.mark.parametrize(
+    "method, template",
+    [
+        ({"name": "lora", "lora_r": 4, "lora_alpha": 8}, "chatglm3"),
+        ({"name": "ptuning", "pre_seq_len": 4}, "auto"),
+    ],
+    ids=["lora-chatglm3", "ptuning-auto"],
+)
+def test_chatglm3_tool_calling_sft(tmp_path, chatglm3_dir, method, template, capsys):  # noqa: F811
+    data = write_jsonl(tmp_path / "tools.jsonl", tool_rows())
+    cfg = {
+        "task": "sft",
+        "model": {"name_or_path": str(chatglm3_dir)},
+        "data": {"train_file": str(data), "template": template, "validation_size": 2, "test_size": 2},
+        "method": method,
+        "train": {"max_steps": 2, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "max_seq_len": 256,
+                  "mixed_precision": "no", "log_steps": 1},
+        "eval": {"batch_size": 2},
+        "generate": {"max_new_tokens": 8},
+    }  # fmt: skip
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    run = tmp_path / "run"
+    main(["train", str(cfg_path), "--output", str(run)])
+    out = capsys.readouterr().out
+    assert "template chatglm3" in out, "auto detects ChatGLM3's own format"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"validation", "test", "before", "after"} <= set(metrics)
+    assert (run / ("adapter" if method["name"] == "lora" else "body.safetensors")).exists()
+
+    # Generation stops on the chat format's stop ids (</s>, <|user|>, <|observation|>), never printing them.
+    from glmtune.data.templates import stop_ids
+    from glmtune.models.chatglm3.chat_format import stop_ids as chatglm3_stop_ids
+    from glmtune.replies import load_run
+
+    loaded = load_run(run)
+    assert (
+        loaded.format.stop_ids()
+        == chatglm3_stop_ids(loaded.tokenizer)
+        == stop_ids(loaded.tokenizer, "chatglm3")
+    )
+
+    prompt = tool_rows()[0]
+    prompt["messages"] = prompt["messages"][
+        :2
+    ]  # system + the user's question: the model should call the tool
+    observed = tool_rows()[1]
+    observed["messages"] = observed["messages"][:4]  # ... after the tool's result: the model should answer
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [prompt, observed])
+    main(["predict", str(run), "--input", str(prompts), "--output", str(tmp_path / "out.jsonl")])
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["finish_reason"] in ("stop", "length")
+        assert set(row["message"]) in ({"content"}, {"name", "parameters"}, {"name", "content"}), row
+        for special in ("<|user|>", "<|observation|>", "<|assistant|>", "</s>"):
+            assert special not in row["output"]
+    assert rows[1]["prompt"] == json.dumps({"temperature": 21}, ensure_ascii=False)
+    # What a trained model's tool call looks like once decoded, through the same parser predict uses:
+    call = "get_weather\n```python\ntool_call(city='北京')\n```"
+    assert loaded.format.parse_reply(call) == {"name": "get_weather", "parameters": {"city": "北京"}}
