@@ -84,3 +84,44 @@ def test_every_example_loads(example):
 
 def test_there_are_examples():
     assert EXAMPLES
+
+
+def test_sft_defaults_and_new_sections():
+    cfg = config.load(None, ["task=sft"])
+    assert (
+        cfg.data.dataset == "chatterbot-zh" and cfg.train.metric == "loss" and not cfg.train.greater_is_better
+    )
+    assert cfg.data.template == "auto" and cfg.data.format == "auto" and cfg.generate.do_sample is False
+    assert config.load(None).train.metric == "accuracy", "classification keeps its default metric"
+    mixed = config.load(
+        None, ["task=sft", "data.train_files=[{path: a.jsonl}, {dataset: demo-qa-zh, weight: 0.5}]"]
+    )
+    assert [(s.path, s.dataset, s.weight) for s in mixed.data.train_files] == [
+        ("a.jsonl", None, 1.0),
+        (None, "demo-qa-zh", 0.5),
+    ]
+    assert config.load(None, ["task=sft", "train.metric=bleu4"]).train.greater_is_better
+
+
+@pytest.mark.parametrize(
+    "override, fragments",
+    [
+        (["task=sft", "train.metric=accuracy"], ["train.metric", "perplexity", "bleu4"]),
+        (["train.metric=bleu4"], ["train.metric", "accuracy"]),  # a generation metric for classification
+        (["task=sft", "data.template=vicuna"], ["data.template", "chatml"]),
+        (["task=sft", "data.format=csv"], ["data.format", "sharegpt"]),
+        (["task=sft", "data.train_files=[{path: a, dataset: b}]"], ["data.train_files", "exactly one"]),
+        (["task=sft", "data.train_files=[{path: a, wieght: 2}]"], ["did you mean 'data.train_files.weight'"]),
+        (["task=sft", "data.train_files=[{path: a, weight: -1}]"], ["data.train_files.weight"]),
+        (["data.train_files=[{path: a}]"], ["data.train_files", "task: sft"]),
+        (["task=sft", "generate.top_p=1.5"], ["generate.top_p"]),
+        (["task=sft", "generate.temperature=0"], ["generate.temperature"]),
+        (["task=sft", "generate.max_new_tokens=0"], ["generate.max_new_tokens"]),
+        (["task=generate"], ["task", "classification, sft"]),
+    ],
+)
+def test_bad_sft_values_name_the_field(override, fragments):
+    with pytest.raises(UserError) as info:
+        config.load(None, override)
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
