@@ -88,25 +88,37 @@ class SFT:
         self.data = load_sft(self.cfg.data)
         self.splits = {name: getattr(self.data, name) for name in ("train", "validation", "test")}
 
-    # 2. model: tokenizer and template first (a template the tokenizer lacks fails before the weights load)
+    # 2. model: tokenizer, template and encoding first (bad input fails before the weights load)
     def build_model(self) -> tuple[torch.nn.Module, Any]:
+        from glmtune.data.templates import encode_conversations
         from glmtune.models.causal import CausalLM
         from glmtune.models.load import load_causal_lm, load_config, load_tokenizer
 
         cfg = self.cfg
         tokenizer = load_tokenizer(cfg.model)
         self.format = resolve_template(tokenizer, cfg.data.template)
+        self.encoded = {
+            name: _encode(encode_conversations, tokenizer, conversations, cfg)
+            for name, conversations in self.splits.items()
+        }
+        if not self.encoded["train"].examples:
+            raise UserError(
+                f"no training conversation fits train.max_seq_len={cfg.train.max_seq_len} "
+                f"({self.encoded['train'].num_dropped} dropped)",
+                field="train.max_seq_len",
+                expected="a larger train.max_seq_len",
+            )
+        self.counts = {n: (e.num_truncated, e.num_dropped) for n, e in self.encoded.items()}
         overrides = methods.config_overrides(cfg.method, load_config(cfg.model))  # e.g. P-tuning's prefix
         model = load_causal_lm(cfg.model, dropout=cfg.train.dropout, config_overrides=overrides)
         self.tokenizer = tokenizer
         return CausalLM(model), tokenizer
 
-    # 3. batches
+    # 3. batches: padded per batch, or packed (checked on the model: it must keep packed examples apart)
     def make_loaders(self, tokenizer: Any, model: torch.nn.Module) -> dict[str, Any]:
         from glmtune.data.encode import pad_token_id
         from glmtune.data.packing import packing_supported
         from glmtune.data.sft import make_sft_loader
-        from glmtune.data.templates import encode_conversations
 
         cfg, train = self.cfg, self.cfg.train
         if cfg.data.packing and not packing_supported(model.backbone):
@@ -115,22 +127,10 @@ class SFT:
                 field="data.packing",
                 expected="false for this model",
             )
-        encoded = {
-            name: _encode(encode_conversations, tokenizer, conversations, cfg)
-            for name, conversations in self.splits.items()
-        }
-        if not encoded["train"].examples:
-            raise UserError(
-                f"no training conversation fits train.max_seq_len={train.max_seq_len} "
-                f"({encoded['train'].num_dropped} dropped)",
-                field="train.max_seq_len",
-                expected="a larger train.max_seq_len",
-            )
-        self.counts = {n: (e.num_truncated, e.num_dropped) for n, e in encoded.items()}
         pad_id = pad_token_id(tokenizer)
         loaders = {
             "train": make_sft_loader(
-                encoded["train"].examples,
+                self.encoded["train"].examples,
                 train.batch_size,
                 pad_id,
                 seed=train.seed,
@@ -140,7 +140,7 @@ class SFT:
             )
         }
         for name in ("validation", "test"):
-            loaders[name] = make_sft_loader(encoded[name].examples, cfg.eval.batch_size, pad_id)
+            loaders[name] = make_sft_loader(self.encoded[name].examples, cfg.eval.batch_size, pad_id)
         return loaders
 
     def describe(self) -> list[str]:
