@@ -209,3 +209,81 @@ def test_chat_with_a_bare_model_keeps_and_clears_history(tiny_model_dir):
 
     bad = glmtune_chat(*args, "--temperature", "0", lines="")
     assert bad.returncode == 2 and "generate.temperature" in bad.stderr
+
+
+def test_data_inspect_shows_the_learned_tokens(tmp_path, tiny_model_dir, chat_file, capsys):
+    path = tmp_path / "cfg.yaml"
+    cfg = sft_config(tiny_model_dir, {"train_file": str(chat_file)})
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    main(["data", "inspect", str(path), "--n", "2"])
+    out = capsys.readouterr().out
+    assert out.count("--- ") == 3 and "template plain" in out
+    assert "<unk>«很 好 。 <eos>»" in out or "<unk>«很 差 。 <eos>»" in out, (
+        "the reply and its EOS are learned, the prompt not"
+    )
+    main(["data", "inspect", str(path), "data.train_on_prompt=true", "--n", "1"])
+    assert "«<bos> 这 个" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+def test_resume_from_a_checkpoint_gives_the_same_run(tmp_path, tiny_model_dir, chat_file):
+    """A run stopped after its step-2 checkpoint and resumed ends exactly where an uninterrupted run does."""
+    import shutil
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    cfg = sft_config(
+        tiny_model_dir,
+        {"train_file": str(chat_file)},
+        train={"max_steps": 4, "batch_size": 4, "save_steps": 2, "eval_steps": 2},
+        method={"lora_dropout": 0.1},  # dropout draws from the RNG: the resumed RNG state must be right
+    )
+    straight = train(tmp_path, cfg)
+    killed = tmp_path / "killed"
+    shutil.copytree(straight, killed)
+    # What a kill just after the step-2 checkpoint leaves: no later checkpoint, no final files.
+    shutil.rmtree(killed / "checkpoints" / "step-0000004")
+    for name in ("metrics.json", "predictions.jsonl", "adapter"):
+        path = killed / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    main(["train", "--resume", str(killed)])
+    a, b = (json.loads((run / "metrics.json").read_text()) for run in (straight, killed))
+    assert a == b
+    assert (straight / "predictions.jsonl").read_text() == (killed / "predictions.jsonl").read_text()
+    steps = [json.loads(x)["step"] for x in (killed / "log.jsonl").read_text().splitlines() if '"train"' in x]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_two_processes_under_accelerate_launch(tmp_path, tiny_model_dir, chat_file):
+    """Loss gathered once per example, generation shared out over processes and gathered in order."""
+    cfg = sft_config(tiny_model_dir, {"train_file": str(chat_file)}, train={"max_steps": 2, "batch_size": 4})
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    out = tmp_path / "ddp"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    proc = subprocess.run(
+        [*launch, "-m", "glmtune.cli", "train", str(path), "--output", str(out)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 6 and metrics["before"]["n"] == 6
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    test_refs = [r["reference"] for r in rows]
+    single = tmp_path / "single"
+    subprocess.run(
+        [sys.executable, "-m", "glmtune.cli", "train", str(path), "--output", str(single)],
+        env=ENV,
+        capture_output=True,
+        check=True,
+    )
+    assert test_refs == [
+        json.loads(x)["reference"] for x in (single / "predictions.jsonl").read_text().splitlines()
+    ]
