@@ -287,3 +287,19 @@ def test_two_processes_under_accelerate_launch(tmp_path, tiny_model_dir, chat_fi
     assert test_refs == [
         json.loads(x)["reference"] for x in (single / "predictions.jsonl").read_text().splitlines()
     ]
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+def test_eval_reproduces_the_test_metrics(tmp_path, tiny_model_dir, chat_file, capsys):
+    """glmtune eval reloads the run (outside accelerate) and scores the test split as training did."""
+    run = train(tmp_path, sft_config(tiny_model_dir, {"train_file": str(chat_file)}))
+    main(["eval", str(run)])
+    again = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    written = json.loads((run / "metrics.json").read_text())["test"]
+    assert again["n"] == written["n"] == 6
+    assert again["loss"] == pytest.approx(written["loss"], rel=1e-4)
+    assert again["bleu4"] == pytest.approx(written["bleu4"]) and again["rougeL_char"] == pytest.approx(
+        written["rougeL_char"]
+    )
+    main(["eval", str(run), "--data", str(chat_file)])
+    assert json.loads((run / "eval" / "chat" / "metrics.json").read_text())["n"] == 40

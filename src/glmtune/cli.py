@@ -41,6 +41,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from glmtune import classify, data, evaluate
     from glmtune.runs import atomic_write_json
 
+    if _run_task(args.run_dir) == "sft":
+        eval_sft(args)
+        return
     loaded = classify.load_run(args.run_dir)
     cfg = loaded.cfg
     if args.data:
@@ -60,6 +63,29 @@ def cmd_eval(args: argparse.Namespace) -> None:
     evaluate.write_predictions(out / "predictions.jsonl", rows)
     evaluate.plot_confusion(metrics["confusion_matrix"], loaded.labels, out / "confusion.png")
     print(evaluate.format_metrics_table({name: metrics}))
+    print(out)
+
+
+def eval_sft(args: argparse.Namespace) -> None:
+    """An SFT run on its test split or a conversation file: eval/NAME/metrics.json and predictions.jsonl."""
+    from glmtune import evaluate, replies
+    from glmtune.data.conversation import load_conversations
+    from glmtune.data.sft import load_sft
+    from glmtune.runs import atomic_write_json, atomic_write_jsonl
+    from glmtune.tasks.sft import TABLE_ROWS
+
+    loaded = replies.load_run(args.run_dir)
+    if args.data:
+        conversations, name = load_conversations(args.data, loaded.cfg.data.format), Path(args.data).stem
+    else:
+        conversations, name = load_sft(loaded.cfg.data).test, "test"
+    if not conversations:
+        raise UserError("no conversations to evaluate", file=args.data, expected="at least one")
+    metrics, rows = replies.evaluate_conversations(loaded, conversations)
+    out = loaded.run.path / "eval" / name
+    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_jsonl(out / "predictions.jsonl", rows)
+    print(evaluate.format_metrics_table({name: metrics}, TABLE_ROWS))
     print(out)
 
 
@@ -200,9 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a run on its test split or a labelled file")
+    p = sub.add_parser("eval", help="evaluate a run on its test split or a labelled/conversation file")
     p.add_argument("run_dir")
-    p.add_argument("--data", help="a labelled file (same text/label columns as training)")
+    p.add_argument("--data", help="a labelled file (classification) or conversations (sft), as in training")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(

@@ -226,9 +226,61 @@ def reply_all(
     ]
 
 
+@torch.no_grad()
+def conversation_loss(loaded: LoadedLM, conversations: list[Conversation]) -> float:
+    """Token-mean next-token loss over the learned tokens of every conversation that fits ``max_seq_len``."""
+    from glmtune.data.encode import pad_token_id
+    from glmtune.data.sft import make_sft_loader
+    from glmtune.data.templates import encode_conversations
+    from glmtune.models.causal import token_losses
+
+    cfg = loaded.cfg
+    encoded = encode_conversations(
+        loaded.tokenizer,
+        conversations,
+        cfg.data.template,
+        max_seq_len=cfg.train.max_seq_len,
+        train_on_prompt=cfg.data.train_on_prompt,
+    )
+    loader = make_sft_loader(encoded.examples, cfg.eval.batch_size, pad_token_id(loaded.tokenizer))
+    device = next(loaded.model.parameters()).device
+    total, count = 0.0, 0
+    for batch in loader:
+        with loaded.autocast():
+            logits = loaded.model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).logits  # [batch, seq, vocab]
+        sums, counts = token_losses(logits, batch["labels"].to(device))  # [batch], [batch]
+        total, count = total + sums.sum().item(), count + int(counts.sum())
+    return total / count if count else float("nan")
+
+
+def evaluate_conversations(
+    loaded: LoadedLM, conversations: list[Conversation], *, progress: bool = True
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Loss, perplexity and generation metrics of a run on conversations (the last reply is the reference),
+    and one prediction row (prompt, reference, output) per conversation."""
+    import math
+
+    from glmtune import evaluate
+    from glmtune.tasks.sft import reference_text
+
+    loss = conversation_loss(loaded, conversations)
+    prompts = [Conversation(c.messages[:-1], c.tools, c.line, c.source) for c in conversations]
+    rows = reply_all(loaded, prompts, progress=progress)
+    for row, conversation in zip(rows, conversations):
+        row["reference"] = reference_text(conversation.messages[-1])
+    metrics: dict[str, Any] = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+    metrics.update(evaluate.generation_metrics([r["output"] for r in rows], [r["reference"] for r in rows]))
+    metrics["n"] = len(conversations)
+    return metrics, rows
+
+
 __all__ = [
     "LoadedLM",
     "as_config_field",
+    "conversation_loss",
+    "evaluate_conversations",
     "generate_replies",
     "generation_config",
     "load",

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from glmtune.config import ModelConfig
+
+IGNORE_INDEX = -100  # labels not learned (the transformers convention; data.templates writes them)
 
 
 class CausalLM(nn.Module):
@@ -42,6 +46,20 @@ class CausalLM(nn.Module):
         enable_input_grads = getattr(self.backbone, "enable_input_require_grads", None)
         if enable_input_grads is not None:
             enable_input_grads()
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy per row and the number of learned tokens per row.
+
+    ``logits`` [batch, seq, vocab] predict ``labels`` [batch, seq] shifted by one (``-100``: not learned).
+    Returns ``sums`` [batch] (fp32) and ``counts`` [batch].
+    """
+    shifted_logits = logits[:, :-1].float()  # [batch, seq - 1, vocab]
+    shifted_labels = labels[:, 1:]  # [batch, seq - 1]
+    losses = F.cross_entropy(
+        shifted_logits.transpose(1, 2), shifted_labels, ignore_index=IGNORE_INDEX, reduction="none"
+    )  # [batch, seq - 1]
+    return losses.sum(dim=-1), (shifted_labels != IGNORE_INDEX).sum(dim=-1)
 
 
 def load_language_model(

@@ -17,13 +17,12 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from glmtune import methods
 from glmtune.config import Config
 from glmtune.data.conversation import Conversation
-from glmtune.data.templates import IGNORE_INDEX
 from glmtune.errors import UserError
+from glmtune.models.causal import token_losses
 from glmtune.replies import as_config_field, generate_replies, generation_config, prompt_ids, resolve_template
 from glmtune.runs import RunDir, atomic_write_json
 
@@ -42,20 +41,6 @@ TABLE_ROWS = (
 
 
 # =========================================================================== pieces
-
-
-def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token cross-entropy per row and the number of learned tokens per row.
-
-    ``logits`` [batch, seq, vocab] predict ``labels`` [batch, seq] shifted by one (``-100``: not learned).
-    Returns ``sums`` [batch] (fp32) and ``counts`` [batch].
-    """
-    shifted_logits = logits[:, :-1].float()  # [batch, seq - 1, vocab]
-    shifted_labels = labels[:, 1:]  # [batch, seq - 1]
-    losses = F.cross_entropy(
-        shifted_logits.transpose(1, 2), shifted_labels, ignore_index=IGNORE_INDEX, reduction="none"
-    )  # [batch, seq - 1]
-    return losses.sum(dim=-1), (shifted_labels != IGNORE_INDEX).sum(dim=-1)
 
 
 def reference_text(message: Any) -> str:
@@ -266,4 +251,4 @@ def _row(conversation: Conversation, reply: Any) -> dict[str, Any]:
     }
 
 
-__all__ = ["SFT", "token_losses"]
+__all__ = ["SFT", "reference_text"]
