@@ -1,0 +1,221 @@
+"""SFT training throughput and peak memory: glmtune against a plain transformers ``Trainer`` + peft, same run.
+
+Both sides get the same model, the same conversations (the first N of glmtune's SFT training split of a
+built-in dataset), encoded once by glmtune's chat template into identical ``input_ids`` and ``labels`` (the
+Trainer side receives those token ids, so templates and label masks cannot differ), the same batch size,
+sequence cut, LoRA settings (r=8, alpha=16, dropout 0.05, all linear layers, never the LM head), AdamW,
+learning rate, precision and length-grouped batches. Each runs in its own child process so peak RSS is its
+own. Throughput counts only real (non-padding) tokens, timed from the end of the first optimizer step to the
+end of the last (model loading, the warm-up step and glmtune's evaluations excluded).
+
+    .venv/bin/python benchmarks/sft_throughput.py [--model smollm2-135m-instruct] [--steps 40] [--batch-size 8]
+
+Writes benchmarks/results/sft_throughput.json (``--out`` to change) and prints the ratio glmtune / Trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
+
+
+def overrides(args) -> list[str]:
+    """The run both sides train: one config, as dotted overrides of the defaults."""
+    return [
+        "task=sft",
+        f"model.name_or_path={args.model}",
+        f"data.dataset={args.dataset}",
+        f"data.template={args.template}",
+        f"data.max_train_samples={args.steps * args.batch_size}",
+        "data.validation_size=8",
+        "data.test_size=8",
+        "method.name=lora",
+        f"method.lora_r={LORA['r']}",
+        f"method.lora_alpha={LORA['alpha']}",
+        f"method.lora_dropout={LORA['dropout']}",
+        f"train.max_steps={args.steps}",
+        f"train.batch_size={args.batch_size}",
+        f"train.max_seq_len={args.max_seq_len}",
+        "train.lr=2e-4",
+        "train.log_steps=1",
+        f"train.mixed_precision={args.precision}",
+        f"train.eval_steps={args.steps}",
+        "generate.max_new_tokens=8",
+    ]
+
+
+def shared_examples(args) -> list[tuple[list[int], list[int]]]:
+    """glmtune's encoded training conversations (ids, labels): exactly what its own run trains on."""
+    from glmtune import config
+    from glmtune.data.sft import load_sft
+    from glmtune.data.templates import encode_conversations
+    from glmtune.models.load import load_tokenizer
+
+    cfg = config.load(None, overrides(args))
+    tokenizer = load_tokenizer(cfg.model)
+    encoded = encode_conversations(
+        tokenizer, load_sft(cfg.data).train, cfg.data.template, max_seq_len=cfg.train.max_seq_len
+    )
+    return [(list(e.input_ids), list(e.labels)) for e in encoded.examples]
+
+
+def worker_glmtune(args) -> dict:
+    """The real product path: `glmtune train` in-process; tokens and times read back from its log.jsonl."""
+    from glmtune.cli import main
+
+    out = Path(tempfile.mkdtemp()) / "run"
+    main(["train", *overrides(args), "--output", str(out)])
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    first, last = train[0], train[-1]
+    return {
+        "tokens": last["tokens"] - first["tokens"],
+        "seconds": last["time"] - first["time"],
+        "steps": last["step"] - first["step"],
+        "final_loss": last["loss"],
+    }
+
+
+def worker_trainer(args) -> dict:
+    """transformers Trainer + peft, as their docs show it, on the identical token ids and labels."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import (
+        AutoModelForCausalLM,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from glmtune.config import ModelConfig
+    from glmtune.models import load_tokenizer, resolve_builtin
+
+    examples = shared_examples(args)
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=args.model))
+    model = AutoModelForCausalLM.from_pretrained(resolve_builtin(args.model))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=LORA["r"],
+            lora_alpha=LORA["alpha"],
+            lora_dropout=LORA["dropout"],
+            target_modules="all-linear",
+        ),
+    )
+    dataset = [
+        {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels} for ids, labels in examples
+    ]
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    marks: list[tuple[float, int]] = []
+    seen = {"tokens": 0}
+
+    def counting_collator(features):
+        batch = collator(features)
+        seen["tokens"] += int(batch["attention_mask"].sum())
+        return batch
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *_args, **_kwargs):
+            marks.append((time.time(), seen["tokens"]))
+
+    training_args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.steps,
+        learning_rate=2e-4,
+        bf16=args.precision == "bf16",
+        use_cpu=not torch.cuda.is_available(),
+        train_sampling_strategy="group_by_length",  # transformers 5 name of group_by_length=True
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        seed=42,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=counting_collator,
+        callbacks=[Clock()],
+    )
+    result = trainer.train()
+    # The collator runs one batch ahead of the step that uses it: count tokens of the batches trained on.
+    tokens = (marks[-1][1] - marks[0][1]) if len(marks) > 1 else 0
+    return {
+        "tokens": tokens,
+        "seconds": marks[-1][0] - marks[0][0],
+        "steps": len(marks) - 1,
+        "final_loss": result.training_loss,
+    }
+
+
+def child(kind: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind]
+    for name in ("model", "dataset", "template", "steps", "batch_size", "max_seq_len", "precision"):
+        cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} worker failed:\n{proc.stderr[-4000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["tokens_per_s"] = result["tokens"] / result["seconds"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--dataset", default="chatterbot-zh")
+    parser.add_argument("--template", default="chatml")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-seq-len", type=int, default=256)
+    parser.add_argument(
+        "--precision", choices=["bf16", "no"], default=None, help="default: bf16 where native"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "sft_throughput.json")
+    parser.add_argument("--worker", choices=["glmtune", "trainer"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.precision is None:
+        from glmtune.config import TrainConfig
+        from glmtune.train import mixed_precision
+
+        args.precision = "bf16" if mixed_precision(TrainConfig()) == "bf16" else "no"
+    if args.worker:
+        result = worker_glmtune(args) if args.worker == "glmtune" else worker_trainer(args)
+        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+    results = {
+        "settings": {k: str(v) for k, v in vars(args).items() if k not in ("worker", "out")} | {"lora": LORA},
+        "trainer": child("trainer", args),
+        "glmtune": child("glmtune", args),
+    }
+    results["speedup"] = results["glmtune"]["tokens_per_s"] / results["trainer"]["tokens_per_s"]
+    results["rss_ratio"] = results["glmtune"]["peak_rss_mib"] / results["trainer"]["peak_rss_mib"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    for kind in ("trainer", "glmtune"):
+        r = results[kind]
+        print(
+            f"{kind:>8}: {r['tokens_per_s']:7.1f} real tokens/s over {r['steps']} steps · "
+            f"peak RSS {r['peak_rss_mib']:7.0f} MiB · final loss {r['final_loss']:.4f}"
+        )
+    print(f"glmtune / Trainer: {results['speedup']:.2f}× tokens/s, {results['rss_ratio']:.2f}× peak RSS")
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
