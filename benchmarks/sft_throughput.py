@@ -199,7 +199,7 @@ def main() -> None:
         print(json.dumps(result))
         return
     results = {
-        "settings": {k: str(v) for k, v in vars(args).items() if k not in ("worker", "out")} | {"lora": LORA},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "out")} | {"lora": LORA},
         "trainer": child("trainer", args),
         "glmtune": child("glmtune", args),
     }

@@ -125,3 +125,14 @@ def test_bad_sft_values_name_the_field(override, fragments):
         config.load(None, override)
     for fragment in fragments:
         assert fragment in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
+    "example", [p for p in EXAMPLES if "sft" in p.name or "chatglm3" in p.name], ids=lambda p: p.name
+)
+def test_sft_examples_round_trip(example, tmp_path):
+    cfg = config.load(example)
+    assert cfg.task == "sft" and cfg.train.metric in config.TASK_METRICS["sft"]
+    path = tmp_path / "resolved.yaml"
+    path.write_text(config.dump(cfg), encoding="utf-8")
+    assert config.load(path) == cfg
