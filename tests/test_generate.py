@@ -146,3 +146,15 @@ def test_seeded_sampling_repeats_and_leaves_the_global_rng_alone(model, tokenize
 def test_bad_settings_are_user_errors(field, value):
     with pytest.raises(UserError, match=f"field 'generate.{field}'"):
         GenerationConfig(**{field: value})
+
+
+def test_a_reply_cut_mid_character_by_max_new_tokens_has_no_half_character():
+    """Byte-level BPE splits a CJK character over tokens: the text of a 'length' reply drops the half one."""
+    from glmtune.generate import finish
+
+    class HalfCharacter:
+        def decode(self, ids, **_):
+            return "狭" + "\ufffd" * (len(ids) - 1)
+
+    reply = finish(HalfCharacter(), [7, 8], stop_ids=[0], stops=[], max_new_tokens=2)
+    assert reply.text == "狭" and reply.finish_reason == "length" and reply.token_ids == [7, 8]

@@ -149,7 +149,8 @@ def finish(
         return Generated(text[:cut], body[:low], "stop")
     if stop_at is not None:
         return Generated(text, ids[: stop_at + 1], "stop")
-    return Generated(text, ids[:max_new_tokens], "length")
+    # Cut off mid-character by max_new_tokens: no trailing U+FFFD half character in the text.
+    return Generated(text.rstrip("\ufffd"), ids[:max_new_tokens], "length")
 
 
 def _device(model: Any) -> torch.device:
