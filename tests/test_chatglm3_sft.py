@@ -108,3 +108,25 @@ def test_chatglm3_tool_calling_sft(tmp_path, chatglm3_dir, method, template, cap
     # What a trained model's tool call looks like once decoded, through the same parser predict uses:
     call = "get_weather\n```python\ntool_call(city='北京')\n```"
     assert loaded.format.parse_reply(call) == {"name": "get_weather", "parameters": {"city": "北京"}}
+
+
+def test_packing_is_refused_for_chatglm3(tmp_path, chatglm3_dir, capsys):  # noqa: F811
+    """Native ChatGLM3 attention ignores packed positions: data.packing is a one-line error, nothing written.
+    (Checked on the loaded model, so transformers' loading bar may precede the error line on stderr.)"""
+    from tests.test_bad_input import assert_nothing_written
+
+    data = write_jsonl(tmp_path / "tools.jsonl", tool_rows())
+    cfg = {
+        "task": "sft",
+        "model": {"name_or_path": str(chatglm3_dir)},
+        "data": {"train_file": str(data), "packing": True, "validation_size": 2, "test_size": 2},
+        "train": {"max_steps": 1, "max_seq_len": 256},
+    }
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(cfg_path), "--output", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("glmtune: error: field 'data.packing'") and "chatglm" in err
+    assert_nothing_written(tmp_path)
