@@ -112,6 +112,10 @@ def test_sft_run_writes_the_run_folder(tmp_path, tiny_model_dir, chat_file, meth
         else:
             assert set(body) == {k for k in base if k.startswith("model.layers.1.")} | {"model.norm.weight"}
         assert any(not v.equal(base[k]) for k, v in body.items())
+    # The run reloads onto the base model as trained: eval reproduces the test loss written at the end.
+    main(["eval", str(run)])
+    again = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert again["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-4)
 
 
 @pytest.mark.usefixtures("reset_accelerate")
