@@ -76,6 +76,9 @@ def test_chatglm3_tool_calling_sft(tmp_path, chatglm3_dir, method, template, cap
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"validation", "test", "before", "after"} <= set(metrics)
     assert (run / ("adapter" if method["name"] == "lora" else "body.safetensors")).exists()
+    main(["eval", str(run)])  # reloaded (prefix or adapter onto the base): the same test loss
+    again = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert again["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-4)
 
     # Generation stops on the chat format's stop ids (</s>, <|user|>, <|observation|>), never printing them.
     from glmtune.data.templates import stop_ids
