@@ -10,6 +10,9 @@ from tests.conftest import write_jsonl
 from tests.test_bad_input import assert_nothing_written, run_cli
 from tests.test_smoke_sft import chat_rows, sft_config
 
+pytestmark = pytest.mark.usefixtures(
+    "reset_accelerate"
+)  # a check after the Accelerator exists leaves no state
 GOOD = chat_rows(20)
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
 

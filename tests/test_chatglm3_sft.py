@@ -113,6 +113,7 @@ def test_chatglm3_tool_calling_sft(tmp_path, chatglm3_dir, method, template, cap
     assert loaded.format.parse_reply(call) == {"name": "get_weather", "parameters": {"city": "北京"}}
 
 
+@pytest.mark.usefixtures("reset_accelerate")
 def test_packing_is_refused_for_chatglm3(tmp_path, chatglm3_dir, capsys):  # noqa: F811
     """Native ChatGLM3 attention ignores packed positions: data.packing is a one-line error, nothing written.
     (Checked on the loaded model, so transformers' loading bar may precede the error line on stderr.)"""

@@ -7,6 +7,7 @@ SFT task generates its validation/test replies with the same ``generate_replies`
 from __future__ import annotations
 
 import dataclasses
+import json
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,14 @@ def resolve_template(tokenizer: Any, template: str) -> Any:
         return templates.resolve_template(tokenizer, template)
     except UserError as error:
         raise as_config_field(error) from None
+
+
+def reference_text(message: Any) -> str:
+    """What a reply is scored against: its text, or its tool calls as JSON lines."""
+    if message.tool_calls:
+        calls = [json.dumps(call["function"], ensure_ascii=False) for call in message.tool_calls]
+        return "\n".join(([message.content] if message.content else []) + calls)
+    return message.content
 
 
 def generation_config(cfg: Config, stop_ids: list[int]) -> Any:
@@ -263,7 +272,6 @@ def evaluate_conversations(
     import math
 
     from glmtune import evaluate
-    from glmtune.tasks.sft import reference_text
 
     loss = conversation_loss(loaded, conversations)
     prompts = [Conversation(c.messages[:-1], c.tools, c.line, c.source) for c in conversations]
@@ -288,6 +296,7 @@ __all__ = [
     "load_run",
     "prompt_ids",
     "read_prompts",
+    "reference_text",
     "reply_all",
     "resolve_template",
 ]

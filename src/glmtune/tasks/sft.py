@@ -12,7 +12,6 @@ output), data_summary.json. Using a finished run (``predict``, ``chat``) is ``gl
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -23,7 +22,14 @@ from glmtune.config import Config
 from glmtune.data.conversation import Conversation
 from glmtune.errors import UserError
 from glmtune.models.causal import token_losses
-from glmtune.replies import as_config_field, generate_replies, generation_config, prompt_ids, resolve_template
+from glmtune.replies import (
+    as_config_field,
+    generate_replies,
+    generation_config,
+    prompt_ids,
+    reference_text,
+    resolve_template,
+)
 from glmtune.runs import RunDir, atomic_write_json
 
 LOSS_METRICS = ("loss", "perplexity")
@@ -43,14 +49,6 @@ TABLE_ROWS = (
 # =========================================================================== pieces
 
 
-def reference_text(message: Any) -> str:
-    """What a reply is scored against: its text, or its tool calls as JSON lines."""
-    if message.tool_calls:
-        calls = [json.dumps(call["function"], ensure_ascii=False) for call in message.tool_calls]
-        return "\n".join(([message.content] if message.content else []) + calls)
-    return message.content
-
-
 # =========================================================================== the task
 
 
@@ -66,24 +64,19 @@ class SFT:
         self.generation_metric = cfg.train.metric not in LOSS_METRICS
         self.logged = LOSS_METRICS + ((cfg.train.metric,) if self.generation_metric else ())
 
-    # 1. data
+    # 1. data: read, split, then tokenizer, template and encoding (every bad-input error happens here)
     def load_data(self) -> None:
         from glmtune.data.sft import load_sft
-
-        self.data = load_sft(self.cfg.data)
-        self.splits = {name: getattr(self.data, name) for name in ("train", "validation", "test")}
-
-    # 2. model: tokenizer, template and encoding first (bad input fails before the weights load)
-    def build_model(self) -> tuple[torch.nn.Module, Any]:
         from glmtune.data.templates import encode_conversations
-        from glmtune.models.causal import CausalLM
-        from glmtune.models.load import load_causal_lm, load_config, load_tokenizer
+        from glmtune.models.load import load_tokenizer
 
         cfg = self.cfg
-        tokenizer = load_tokenizer(cfg.model)
-        self.format = resolve_template(tokenizer, cfg.data.template)
+        self.data = load_sft(cfg.data)
+        self.splits = {name: getattr(self.data, name) for name in ("train", "validation", "test")}
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.format = resolve_template(self.tokenizer, cfg.data.template)
         self.encoded = {
-            name: _encode(encode_conversations, tokenizer, conversations, cfg)
+            name: _encode(encode_conversations, self.tokenizer, conversations, cfg)
             for name, conversations in self.splits.items()
         }
         if not self.encoded["train"].examples:
@@ -94,10 +87,16 @@ class SFT:
                 expected="a larger train.max_seq_len",
             )
         self.counts = {n: (e.num_truncated, e.num_dropped) for n, e in self.encoded.items()}
+
+    # 2. model
+    def build_model(self) -> tuple[torch.nn.Module, Any]:
+        from glmtune.models.causal import CausalLM
+        from glmtune.models.load import load_causal_lm, load_config
+
+        cfg = self.cfg
         overrides = methods.config_overrides(cfg.method, load_config(cfg.model))  # e.g. P-tuning's prefix
         model = load_causal_lm(cfg.model, dropout=cfg.train.dropout, config_overrides=overrides)
-        self.tokenizer = tokenizer
-        return CausalLM(model), tokenizer
+        return CausalLM(model), self.tokenizer
 
     # 3. batches: padded per batch, or packed (checked on the model: it must keep packed examples apart)
     def make_loaders(self, tokenizer: Any, model: torch.nn.Module) -> dict[str, Any]:
@@ -251,4 +250,4 @@ def _row(conversation: Conversation, reply: Any) -> dict[str, Any]:
     }
 
 
-__all__ = ["SFT", "reference_text"]
+__all__ = ["SFT"]
