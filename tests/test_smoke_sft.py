@@ -151,13 +151,17 @@ def test_weighted_train_files_and_packing(tmp_path, tiny_model_dir, chat_file):
         "train_files": [{"path": str(chat_file), "weight": 1.0}, {"path": str(other), "weight": 2.0}],
         "packing": True,
     }
-    run = train(tmp_path, sft_config(tiny_model_dir, data))
+    run = train(tmp_path, sft_config(tiny_model_dir, data, train={"metric": "rougeL_char"}))
     summary = json.loads((run / "data_summary.json").read_text())
     total = len(chat_rows()) + len(POSITIVE)
     assert summary["validation"]["total"] == 6 and summary["test"]["total"] == 6
     assert summary["train"]["total"] > total - 12, "the alpaca file counts twice"
-    tokens = [json.loads(x)["tokens"] for x in (run / "log.jsonl").read_text().splitlines() if '"train"' in x]
-    assert tokens and tokens[0] > 0
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert all(r["tokens"] > 0 for r in log if r["split"] == "train")
+    validation = [r for r in log if r["split"] == "validation"]
+    assert validation and all("rougeL_char" in r and "perplexity" in r for r in validation), (
+        "a generation metric picks the best checkpoint: validation generates at every evaluation"
+    )
 
 
 @pytest.mark.usefixtures("reset_accelerate")
