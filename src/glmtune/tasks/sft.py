@@ -46,12 +46,6 @@ TABLE_ROWS = (
 )
 
 
-# =========================================================================== pieces
-
-
-# =========================================================================== the task
-
-
 class SFT:
     """The SFT task (see ``glmtune.tasks`` for the protocol)."""
 
@@ -67,7 +61,6 @@ class SFT:
     # 1. data: read, split, then tokenizer, template and encoding (every bad-input error happens here)
     def load_data(self) -> None:
         from glmtune.data.sft import load_sft
-        from glmtune.data.templates import encode_conversations
         from glmtune.models.load import load_tokenizer
 
         cfg = self.cfg
@@ -76,8 +69,7 @@ class SFT:
         self.tokenizer = load_tokenizer(cfg.model)
         self.format = resolve_template(self.tokenizer, cfg.data.template)
         self.encoded = {
-            name: _encode(encode_conversations, self.tokenizer, conversations, cfg)
-            for name, conversations in self.splits.items()
+            name: _encode(self.tokenizer, conversations, cfg) for name, conversations in self.splits.items()
         }
         if not self.encoded["train"].examples:
             raise UserError(
@@ -221,7 +213,10 @@ class SFT:
         print(evaluate.format_metrics_table(columns, TABLE_ROWS))
 
 
-def _encode(encode_conversations: Any, tokenizer: Any, conversations: list[Conversation], cfg: Config) -> Any:
+def _encode(tokenizer: Any, conversations: list[Conversation], cfg: Config) -> Any:
+    """``data.templates.encode_conversations`` with the run's settings; template errors name ``data.template``."""
+    from glmtune.data.templates import encode_conversations
+
     try:
         return encode_conversations(
             tokenizer,
