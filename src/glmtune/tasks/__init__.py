@@ -2,14 +2,20 @@
 
 A task object (``Classification``, ``SFT``) does, in the order ``train.run`` calls it:
 
-* ``load_data()`` — read, check and split the data (every bad-input error happens here or in the next two);
+* ``load_data()`` — read, check and split the data (SFT also loads the tokenizer and encodes here); every
+  bad-input error happens here or in the next two steps, before the run folder is touched;
 * ``build_model()`` — the model (``.backbone`` and ``.head``, for ``methods.apply``) and its tokenizer;
-* ``make_loaders(tokenizer, model)`` — encoded, batched ``train`` / ``validation`` / ``test`` loaders;
-* ``loss(model, batch)`` — the training loss of one batch and its real (non-padding) token count;
+* ``make_loaders(tokenizer, model)`` — batched ``train`` / ``validation`` / ``test`` loaders (``train.run``
+  prepares them with accelerate and hands them back as ``task.loaders``);
+* ``describe()`` — lines for the log (split sizes, truncation); ``size(split)`` — examples in a split;
+* ``loss(model, batch, accelerator)`` — the training loss of one batch and its real (non-padding) tokens;
 * ``evaluate(model, split, accelerator, final)`` — a metrics dict (always with ``loss``) over a whole split;
-  ``final`` asks for everything (generation included), not just what picks the best checkpoint;
-* ``write_start(run)`` / ``write_outputs(run, results)`` — task files of the run folder (labels, predictions,
-  plots) and the printed table.
+  ``final`` asks for everything (SFT: generation), not only what picks the best checkpoint;
+* ``write_start(run)`` / ``write_outputs(run, results)`` — the task's files in the run folder (labels,
+  predictions, plots) and the printed table.
+
+Attributes: ``logged`` (validation metrics written to log.jsonl/TensorBoard) and ``compare_before_after``
+(evaluate the untuned model first; metrics.json then holds ``before`` and ``after``).
 """
 
 from __future__ import annotations
