@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import TrainerClock, glmtune_rate, run_child, worker_output  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
@@ -59,16 +59,7 @@ def worker_glmtune(args) -> dict:
         f"train.eval_steps={args.steps}",
     ]
     main(["train", *overrides, "--output", str(out)])
-    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    train = [r for r in rows if r["split"] == "train"]
-    first, last = train[0], train[-1]
-    seconds = last["time"] - first["time"]
-    return {
-        "tokens": last["tokens"] - first["tokens"],
-        "seconds": seconds,
-        "steps": last["step"] - first["step"],
-        "final_loss": last["loss"],
-    }
+    return glmtune_rate(out)
 
 
 def worker_trainer(args) -> dict:
@@ -79,7 +70,6 @@ def worker_trainer(args) -> dict:
         AutoModelForSequenceClassification,
         DataCollatorWithPadding,
         Trainer,
-        TrainerCallback,
         TrainingArguments,
     )
 
@@ -106,19 +96,7 @@ def worker_trainer(args) -> dict:
         {"input_ids": ids, "attention_mask": m, "labels": y}
         for ids, m, y in zip(encoded["input_ids"], encoded["attention_mask"], labels)
     ]
-    collator = DataCollatorWithPadding(tokenizer)
-    marks: list[tuple[float, int]] = []
-    seen = {"tokens": 0}
-
-    def counting_collator(features):
-        batch = collator(features)
-        seen["tokens"] += int(batch["attention_mask"].sum())
-        return batch
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, *_args, **_kwargs):
-            marks.append((time.time(), seen["tokens"]))
-
+    clock = TrainerClock(model)
     training_args = TrainingArguments(
         output_dir=tempfile.mkdtemp(),
         per_device_train_batch_size=args.batch_size,
@@ -137,26 +115,15 @@ def worker_trainer(args) -> dict:
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=counting_collator,
-        callbacks=[Clock()],
+        data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=[clock.callback],
     )
-    result = trainer.train()
-    # The collator runs one batch ahead of the step that uses it: count tokens of the batches trained on.
-    tokens = (marks[-1][1] - marks[0][1]) if len(marks) > 1 else 0
-    return {
-        "tokens": tokens,
-        "seconds": marks[-1][0] - marks[0][0],
-        "steps": len(marks) - 1,
-        "final_loss": result.training_loss,
-    }
+    trainer.train()
+    return clock.rate()
 
 
 def child(kind: str, args) -> dict:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--worker",
-        kind,
+    argv = [
         "--model",
         args.model,
         "--steps",
@@ -166,12 +133,7 @@ def child(kind: str, args) -> dict:
         "--max-seq-len",
         str(args.max_seq_len),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{kind} worker failed:\n{proc.stderr[-4000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["tokens_per_s"] = result["tokens"] / result["seconds"]
-    return result
+    return run_child(__file__, kind, argv)
 
 
 def main() -> None:
@@ -183,9 +145,7 @@ def main() -> None:
     parser.add_argument("--worker", choices=["glmtune", "trainer"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        result = worker_glmtune(args) if args.worker == "glmtune" else worker_trainer(args)
-        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps(result))
+        worker_output(worker_glmtune(args) if args.worker == "glmtune" else worker_trainer(args))
         return
     results = {
         "settings": vars(args) | {"lora": LORA},

@@ -1,0 +1,81 @@
+"""What the glmtune-vs-Trainer benchmarks share: child processes, and the same clock on both sides.
+
+Both sides are timed from the end of their first optimizer step to the end of their last, counting only the real
+(non-padding) tokens of the batches trained in between: glmtune's from its own log.jsonl, the Trainer's from a
+forward pre-hook on its model (a collator-side count would include batches the data loader prefetched).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def glmtune_rate(run_dir: Path) -> dict[str, Any]:
+    """Tokens, seconds and steps between the first and last train lines of a glmtune run's log.jsonl."""
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    first, last = train[0], train[-1]
+    return {
+        "tokens": last["tokens"] - first["tokens"],
+        "seconds": last["time"] - first["time"],
+        "steps": last["step"] - first["step"],
+        "final_loss": last["loss"],
+    }
+
+
+class TrainerClock:
+    """A ``TrainerCallback`` factory plus a forward hook: (time, tokens trained so far) at every step end."""
+
+    def __init__(self, model) -> None:
+        from transformers import TrainerCallback
+
+        self.marks: list[tuple[float, int]] = []
+        self.tokens = 0
+        self.losses: list[float] = []
+        model.register_forward_pre_hook(self._count, with_kwargs=True)
+        clock = self
+
+        class _Callback(TrainerCallback):
+            def on_step_end(self, *_args, **_kwargs):
+                clock.marks.append((time.time(), clock.tokens))
+
+            def on_log(self, _args, _state, _control, logs=None, **_kwargs):
+                if logs and "loss" in logs:
+                    clock.losses.append(float(logs["loss"]))
+
+        self.callback = _Callback()
+
+    def _count(self, _module, _args, kwargs) -> None:
+        if kwargs.get("attention_mask") is not None:
+            self.tokens += int(kwargs["attention_mask"].sum())
+
+    def rate(self) -> dict[str, Any]:
+        (t0, n0), (t1, n1) = self.marks[0], self.marks[-1]
+        return {
+            "tokens": n1 - n0,
+            "seconds": t1 - t0,
+            "steps": len(self.marks) - 1,
+            "final_loss": self.losses[-1] if self.losses else None,
+        }
+
+
+def worker_output(result: dict[str, Any]) -> None:
+    """A worker's last stdout line: its result plus its own peak RSS."""
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def run_child(script: str, kind: str, argv: list[str]) -> dict[str, Any]:
+    """Run ``script --worker kind argv…`` in a fresh process; its peak RSS is its own."""
+    proc = subprocess.run([sys.executable, script, "--worker", kind, *argv], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} worker failed:\n{proc.stderr[-4000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["tokens_per_s"] = result["tokens"] / result["seconds"]
+    return result
