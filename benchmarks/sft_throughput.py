@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import TrainerClock, glmtune_rate, run_child, worker_output  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
@@ -74,15 +74,7 @@ def worker_glmtune(args) -> dict:
 
     out = Path(tempfile.mkdtemp()) / "run"
     main(["train", *overrides(args), "--output", str(out)])
-    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    train = [r for r in rows if r["split"] == "train"]
-    first, last = train[0], train[-1]
-    return {
-        "tokens": last["tokens"] - first["tokens"],
-        "seconds": last["time"] - first["time"],
-        "steps": last["step"] - first["step"],
-        "final_loss": last["loss"],
-    }
+    return glmtune_rate(out)
 
 
 def worker_trainer(args) -> dict:
@@ -93,7 +85,6 @@ def worker_trainer(args) -> dict:
         AutoModelForCausalLM,
         DataCollatorForSeq2Seq,
         Trainer,
-        TrainerCallback,
         TrainingArguments,
     )
 
@@ -117,18 +108,7 @@ def worker_trainer(args) -> dict:
         {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels} for ids, labels in examples
     ]
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-    marks: list[tuple[float, int]] = []
-    seen = {"tokens": 0}
-
-    def counting_collator(features):
-        batch = collator(features)
-        seen["tokens"] += int(batch["attention_mask"].sum())
-        return batch
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, *_args, **_kwargs):
-            marks.append((time.time(), seen["tokens"]))
-
+    clock = TrainerClock(model)
     training_args = TrainingArguments(
         output_dir=tempfile.mkdtemp(),
         per_device_train_batch_size=args.batch_size,
@@ -148,30 +128,18 @@ def worker_trainer(args) -> dict:
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=counting_collator,
-        callbacks=[Clock()],
+        data_collator=collator,
+        callbacks=[clock.callback],
     )
-    result = trainer.train()
-    # The collator runs one batch ahead of the step that uses it: count tokens of the batches trained on.
-    tokens = (marks[-1][1] - marks[0][1]) if len(marks) > 1 else 0
-    return {
-        "tokens": tokens,
-        "seconds": marks[-1][0] - marks[0][0],
-        "steps": len(marks) - 1,
-        "final_loss": result.training_loss,
-    }
+    trainer.train()
+    return clock.rate()
 
 
 def child(kind: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind]
+    argv = []
     for name in ("model", "dataset", "template", "steps", "batch_size", "max_seq_len", "precision"):
-        cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{kind} worker failed:\n{proc.stderr[-4000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["tokens_per_s"] = result["tokens"] / result["seconds"]
-    return result
+        argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    return run_child(__file__, kind, argv)
 
 
 def main() -> None:
@@ -194,9 +162,7 @@ def main() -> None:
 
         args.precision = "bf16" if mixed_precision(TrainConfig()) == "bf16" else "no"
     if args.worker:
-        result = worker_glmtune(args) if args.worker == "glmtune" else worker_trainer(args)
-        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps(result))
+        worker_output(worker_glmtune(args) if args.worker == "glmtune" else worker_trainer(args))
         return
     results = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "out")} | {"lora": LORA},
