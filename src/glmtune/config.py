@@ -24,20 +24,20 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 # The validation metric that picks the best checkpoint, per task; the first is the default.
+# Generation metrics (evaluate.generation_metrics returns exactly these, all x100).
+GENERATION_METRICS = (
+    "bleu4",
+    "rouge1_char",
+    "rouge2_char",
+    "rougeL_char",
+    "rouge1_word",
+    "rouge2_word",
+    "rougeL_word",
+    "exact_match",
+)
 TASK_METRICS = {
     "classification": ("accuracy", "macro_f1", "auc", "loss"),
-    "sft": (
-        "loss",
-        "perplexity",
-        "bleu4",
-        "rouge1_char",
-        "rouge2_char",
-        "rougeL_char",
-        "rouge1_word",
-        "rouge2_word",
-        "rougeL_word",
-        "exact_match",
-    ),
+    "sft": ("loss", "perplexity", *GENERATION_METRICS),
 }
 METRICS = tuple(dict.fromkeys(m for metrics in TASK_METRICS.values() for m in metrics))
 LOWER_IS_BETTER = ("loss", "perplexity")

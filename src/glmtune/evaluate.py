@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from glmtune.config import GENERATION_METRICS
 from glmtune.runs import atomic_path, atomic_write_jsonl
 
 # =========================================================================== classification metrics
@@ -252,17 +253,6 @@ def write_predictions(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
 # =========================================================================== generation metrics
 # BLEU and ROUGE over generated text, computed by sacrebleu and rouge-score (never by hand). Chinese has no
 # spaces, so ROUGE is given twice: over characters, and over jieba words.
-
-GENERATION_METRICS: tuple[str, ...] = (
-    "bleu4",
-    "rouge1_char",
-    "rouge2_char",
-    "rougeL_char",
-    "rouge1_word",
-    "rouge2_word",
-    "rougeL_word",
-    "exact_match",
-)
 
 
 class _CharTokens:

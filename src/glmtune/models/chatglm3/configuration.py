@@ -74,7 +74,7 @@ class ChatGLM3Config(PretrainedConfig):
 
     def __post_init__(self, **kwargs):
         # The official config.json points `auto_map` at remote code files that a folder we save does not contain;
-        # keeping it would send `trust_remote_code=True` loaders to missing files. The native classes replace it.
+        # keeping it would send remote-code loaders to files that are not there. The native classes replace it.
         kwargs.pop("auto_map", None)
         super().__post_init__(**kwargs)
 
