@@ -10,7 +10,6 @@ written out below.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ import torch
 from glmtune import config as config_mod
 from glmtune import methods
 from glmtune.config import Config, TrainConfig
-from glmtune.errors import UserError
 from glmtune.runs import RunDir, atomic_write_json, atomic_write_text, prune, read_json
 
 CHECKPOINT_PREFIX = "step-"
@@ -286,14 +284,9 @@ def _keep_only(weights: dict[str, torch.Tensor], names: set[str]) -> None:
         del weights[key]
 
 
-def describe(run_dir: str | Path) -> dict[str, Any]:
-    """A run folder's metrics (for scripts and the CLI)."""
-    return json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
-
-
 def default_output(config_path: str | None) -> Path:
     name = Path(config_path).stem if config_path else "default"
     return Path(os.environ.get("GLMTUNE_RUNS", "runs")) / name
 
 
-__all__ = ["run", "TrainerState", "UserError", "default_output", "describe"]
+__all__ = ["run", "TrainerState", "default_output"]
