@@ -154,7 +154,7 @@ def _check_labels(rows: list[_Row], labels: list[str], field: str, known_as: str
             )
 
 
-def _size(size: float, total: int, name: str) -> int:
+def split_count(size: float, total: int, name: str) -> int:
     """A split size as a count: a fraction (< 1) of ``total``, or a whole count (>= 1)."""
     if size == 0:
         return 0
@@ -200,8 +200,10 @@ def _carve(
 ) -> tuple[list[_Row], list[_Row], list[_Row]]:
     """Split validation/test sets out of the training rows where no file gives them."""
     total = len(train)
-    test_count = _size(cfg.test_size, total, "data.test_size") if test is None else 0
-    validation_count = _size(cfg.validation_size, total, "data.validation_size") if validation is None else 0
+    test_count = split_count(cfg.test_size, total, "data.test_size") if test is None else 0
+    validation_count = (
+        split_count(cfg.validation_size, total, "data.validation_size") if validation is None else 0
+    )
     if total - test_count - validation_count < 2:
         raise UserError(
             f"{total} examples leave {max(total - test_count - validation_count, 0)} for training after "

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from glmtune.config import DataConfig, TrainSource
+from glmtune.data.classification import split_count
 from glmtune.data.conversation import Conversation, load_builtin_conversations, load_conversations, mix
 from glmtune.data.encode import LengthGroupedBatchSampler
 from glmtune.data.packing import collate_packed, pack
@@ -55,17 +56,6 @@ def _read(source: TrainSource) -> list[Conversation]:
     return conversations
 
 
-def _count(size: float, total: int, name: str) -> int:
-    """A split size as a count: a fraction (< 1) of ``total``, or a whole count (>= 1)."""
-    if size == 0:
-        return 0
-    if size < 1:
-        return max(1, round(size * total))
-    if not float(size).is_integer():
-        raise UserError(f"got {size}", field=name, expected="a fraction below 1, or a whole count")
-    return int(size)
-
-
 def load_sft(cfg: DataConfig) -> SFTData:
     """Read, check, split and mix the data of an SFT run (see the module docstring)."""
     sources = _sources(cfg)
@@ -73,8 +63,10 @@ def load_sft(cfg: DataConfig) -> SFTData:
     validation = load_conversations(cfg.validation_file, cfg.format) if cfg.validation_file else None
     test = load_conversations(cfg.test_file, cfg.format) if cfg.test_file else None
     total = sum(len(pool) for pool in pools)
-    n_test = _count(cfg.test_size, total, "data.test_size") if test is None else 0
-    n_validation = _count(cfg.validation_size, total, "data.validation_size") if validation is None else 0
+    n_test = split_count(cfg.test_size, total, "data.test_size") if test is None else 0
+    n_validation = (
+        split_count(cfg.validation_size, total, "data.validation_size") if validation is None else 0
+    )
     if total - n_test - n_validation < 1:
         raise UserError(
             f"{total} conversations leave none for training after {n_validation} validation and {n_test} test",
