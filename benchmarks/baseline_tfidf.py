@@ -3,7 +3,7 @@
 Uses exactly the train/validation/test split a glmtune config produces (same data section, same seed), so
 its test accuracy sits beside `make demo`'s in the README on identical reviews.
 
-    .venv/bin/python benchmarks/baseline_tfidf.py [examples/sentiment.yaml] [--all-train]
+    .venv/bin/python benchmarks/baseline_tfidf.py [examples/sentiment.yaml] [key=value ...] [--all-train]
 
 By default it trains on the same (possibly subsampled) training split as the config; ``--all-train`` lifts
 ``data.max_train_samples`` to use every training review. Results go to benchmarks/results/baseline_tfidf.json.
@@ -28,8 +28,8 @@ from glmtune.evaluate import classification_metrics
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run(cfg_path: str, all_train: bool) -> dict:
-    cfg = config.load(cfg_path)
+def run(cfg_path: str, all_train: bool, overrides: list[str]) -> dict:
+    cfg = config.load(cfg_path, overrides)
     data_cfg = replace(cfg.data, max_train_samples=None) if all_train else cfg.data
     data = load_classification(data_cfg)
     start = time.perf_counter()
@@ -54,10 +54,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", default="examples/sentiment.yaml")
     parser.add_argument("--all-train", action="store_true", help="ignore data.max_train_samples")
+    parser.add_argument(
+        "overrides", nargs="*", help="dotted config overrides, e.g. data.max_train_samples=5000"
+    )
     args = parser.parse_args()
-    results = {"same_train": run(args.config, all_train=False)}
+    results = {"same_train": run(args.config, False, args.overrides)}
     if args.all_train:
-        results["all_train"] = run(args.config, all_train=True)
+        results["all_train"] = run(args.config, True, args.overrides)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "baseline_tfidf.json"
     out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
