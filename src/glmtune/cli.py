@@ -163,6 +163,12 @@ def cmd_chat(args: argparse.Namespace) -> None:
     chat.run_chat(loaded, system=args.system, max_context=args.max_context)
 
 
+def cmd_ensemble(args: argparse.Namespace) -> None:
+    from glmtune import ensemble
+
+    print(ensemble.run(args.run_dirs, args.method, args.out, overwrite=args.overwrite))
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from glmtune.models import list_models
 
@@ -256,6 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="sampling seed")
     p.add_argument("--max-context", type=int, help="tokens of history + reply (default: the model's)")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser(
+        "ensemble", help="combine classification runs (vote, mean, weights fit on validation) and evaluate"
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more classification runs")
+    p.add_argument("--method", choices=["vote", "mean", "weighted"], default="mean")
+    p.add_argument("--out", required=True, help="the ensemble's output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("models", help="list built-in models")
     p.add_argument("--cache-dir", help="the built-in model cache to inspect")

@@ -93,6 +93,8 @@ class RunDir:
     marker = property(lambda self: self.path / MARKER)
     metrics = property(lambda self: self.path / "metrics.json")
     predictions = property(lambda self: self.path / "predictions.jsonl")
+    # classification: the validation split's too (ensembles fit weights on it without reloading the model)
+    validation_predictions = property(lambda self: self.path / "validation_predictions.jsonl")
     log = property(lambda self: self.path / "log.jsonl")
     tensorboard = property(lambda self: self.path / "tb")
     loss_plot = property(lambda self: self.path / "loss.png")

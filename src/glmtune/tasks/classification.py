@@ -1,7 +1,7 @@
 """Sequence classification: a linear head on a pooled token of a causal LM's body, cross-entropy on labels.
 
 Data: ``data.load_classification`` (read, check, stratified split). Outputs: labels.json, data_summary.json,
-predictions.jsonl (test), confusion.png and the metrics table.
+predictions.jsonl (test) and validation_predictions.jsonl, confusion.png and the metrics table.
 """
 
 from __future__ import annotations
@@ -146,11 +146,13 @@ class Classification:
     def write_outputs(self, run: RunDir, results: dict[str, Any]) -> None:
         from glmtune import evaluate
 
+        for split, path in (("validation", run.validation_predictions), ("test", run.predictions)):
+            if split in results:
+                probs, gold = self._probs[split]
+                texts = [example.text for example in self.splits[split]]
+                rows = evaluate.prediction_rows(texts, gold.tolist(), probs.numpy(), self.labels)
+                evaluate.write_predictions(path, rows)
         if "test" in results:
-            probs, gold = self._probs["test"]
-            texts = [example.text for example in self.splits["test"]]
-            rows = evaluate.prediction_rows(texts, gold.tolist(), probs.numpy(), self.labels)
-            evaluate.write_predictions(run.predictions, rows)
             evaluate.plot_confusion(results["test"]["confusion_matrix"], self.labels, run.confusion_plot)
         print(evaluate.format_metrics_table({k: results[k] for k in ("validation", "test") if k in results}))
 
