@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,18 @@ def latest_checkpoint(run: RunDir) -> Path | None:
 # --------------------------------------------------------------------------- the recipe
 
 
-def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+def run(
+    cfg: Config,
+    output: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    on_evaluate: Callable[[int, dict[str, Any]], bool] | None = None,
+) -> Path:
     """Train ``cfg`` into the run folder ``output``; returns the folder. Bad input raises UserError early.
+
+    ``on_evaluate(step, metrics)`` is called after each validation evaluation; returning True stops training
+    there like early stopping (best weights restored, folder finished as usual): a pruned tuning trial.
 
     What differs between tasks (data, model, loss, metrics, output files) is the task object's
     (``glmtune.tasks``); everything else is here, in the order it happens.
@@ -188,7 +199,10 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
         state.before = task.evaluate(model, "validation", accelerator, final=True)  # the untuned model
 
     # 7. the loop
+    stop_reason = f"no {train_cfg.metric} gain for {train_cfg.patience} evals"
+
     def evaluate_validation() -> None:
+        nonlocal stop_reason
         if not task.size("validation"):  # no validation data: the last weights are the ones kept
             return
         metrics = task.evaluate(model, "validation", accelerator)
@@ -202,6 +216,8 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
         else:
             state.bad_evals += 1
         state.stopped_early = train_cfg.patience is not None and state.bad_evals >= train_cfg.patience
+        if on_evaluate is not None and on_evaluate(state.step, metrics) and not state.stopped_early:
+            state.stopped_early, stop_reason = True, "stopped by on_evaluate (e.g. a pruned tuning trial)"
 
     def save_checkpoint() -> None:
         target = run.checkpoints / f"{CHECKPOINT_PREFIX}{state.step:07d}"
@@ -252,9 +268,7 @@ def run(cfg: Config, output: str | Path, *, overwrite: bool = False, resume: boo
             if state.step >= steps or state.stopped_early:
                 break
     if state.stopped_early:
-        tracker.write(
-            f"early stop at step {state.step}: no {train_cfg.metric} gain for {train_cfg.patience} evals"
-        )
+        tracker.write(f"early stop at step {state.step}: {stop_reason}")
 
     # 8. the best weights back, then every metric on validation and the held-out test set
     accelerator.wait_for_everyone()
