@@ -104,10 +104,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise UserError(
             "give exactly one of --text and --input", expected="--text 'a review' or --input FILE"
         )
-    if _run_task(args.run_dir) == "sft":
-        predict_sft(args)
+    exported = _load_export(args.run_dir)  # a `glmtune export` folder, else None (a run folder)
+    task = exported.cfg.task if exported is not None else _run_task(args.run_dir)
+    if task == "sft":
+        predict_sft(args, exported)
         return
-    loaded = classify.load_run(args.run_dir)
+    loaded = exported if exported is not None else classify.load_run(args.run_dir)
     if args.text is not None:
         probs = classify.predict_texts(loaded, [args.text])
         print(json.dumps(classify.prediction(probs[0], loaded.labels), ensure_ascii=False))
@@ -124,13 +126,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(output)
 
 
-def predict_sft(args: argparse.Namespace) -> None:
+def predict_sft(args: argparse.Namespace, loaded=None) -> None:
     """Replies of an SFT run: ``--text`` prints one JSON object; ``--input`` writes JSONL (with a progress bar)."""
     from glmtune import replies
     from glmtune.data.conversation import Conversation, Message
     from glmtune.runs import atomic_write_jsonl
 
-    loaded = replies.load_run(args.run_dir)
+    loaded = loaded if loaded is not None else replies.load_run(args.run_dir)
     if args.text is not None:
         row = replies.reply_all(loaded, [Conversation([Message("user", args.text)])])[0]
         print(json.dumps(row, ensure_ascii=False))
@@ -145,7 +147,7 @@ def predict_sft(args: argparse.Namespace) -> None:
 def cmd_chat(args: argparse.Namespace) -> None:
     from glmtune import chat, replies
 
-    loaded = replies.load(args.run_or_model, args.template)
+    loaded = _load_export(args.run_or_model) or replies.load(args.run_or_model, args.template)
     overrides = {
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
@@ -161,6 +163,22 @@ def cmd_chat(args: argparse.Namespace) -> None:
         loaded.cfg.generate.do_sample = args.sample
     loaded.cfg.generate.__post_init__()  # the same checks as in a config file
     chat.run_chat(loaded, system=args.system, max_context=args.max_context)
+
+
+def _load_export(path: str):
+    """A `glmtune export` folder loaded for predict/chat (merged or int8 weights), or None for anything else."""
+    from glmtune import export
+
+    return export.load_export(path) if export.is_export(path) else None
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from glmtune import export
+
+    out = export.export(
+        args.run_dir, args.out, merge_weights=args.merge, quantize=args.quantize, gguf=args.gguf, data=args.data
+    )
+    print(out)
 
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
@@ -271,6 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the ensemble's output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("export", help="a run → a standalone model folder: merged, or CPU int8")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="the new export folder (never overwritten)")
+    p.add_argument("--merge", action="store_true", help="fold LoRA/freeze/full weights into one model folder")
+    p.add_argument("--quantize", metavar="MODE", help="int8: CPU int8 Linear weights (implies --merge)")
+    p.add_argument("--gguf", action="store_true", help="GGUF (not supported; see README)")
+    p.add_argument("--data", help="--quantize: measure quality on this file instead of the run's test split")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="list built-in models")
     p.add_argument("--cache-dir", help="the built-in model cache to inspect")

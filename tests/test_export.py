@@ -1,0 +1,251 @@
+"""glmtune export: merged folders load in plain transformers (a subprocess without glmtune) with the run's logits;
+int8 folders reload exactly and report speed/quality; every bad request is one line, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from glmtune.cli import main
+from tests.conftest import tiny_config
+from tests.test_smoke_sft import chat_file, sft_config, train  # noqa: F401 (chat_file is a fixture)
+
+ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+IDS = [[2, 5, 9, 14, 7, 3, 11, 20]]  # fixed token ids inside the tiny vocabulary
+
+# Runs in a fresh interpreter that must never import glmtune: what a user without glmtune gets.
+PLAIN_LM = """
+import json, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+folder, ids = sys.argv[1], json.loads(sys.argv[2])
+model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+tokenizer = AutoTokenizer.from_pretrained(folder)
+logits = model(input_ids=torch.tensor(ids)).logits
+messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": "这个好"}]
+text = tokenizer.chat_template and tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+eos = GenerationConfig.from_pretrained(folder).eos_token_id
+assert not any(m.startswith("glmtune") for m in sys.modules), "glmtune was imported"
+print(json.dumps({"class": type(model).__name__, "logits": logits.tolist(), "text": text, "eos": eos}))
+"""
+
+PLAIN_CLASSIFIER = """
+import json, sys, torch
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoTokenizer
+folder, text = sys.argv[1], sys.argv[2]
+body, tokenizer = AutoModel.from_pretrained(folder, dtype=torch.float32), AutoTokenizer.from_pretrained(folder)
+head = load_file(folder + "/head.safetensors")
+hidden = body(**tokenizer(text, return_tensors="pt")).last_hidden_state  # [1, seq, hidden]
+probs = (hidden[:, -1].float() @ head["weight"].T + head["bias"]).softmax(-1)
+assert not any(m.startswith("glmtune") for m in sys.modules), "glmtune was imported"
+print(json.dumps(probs[0].tolist()))
+"""
+
+
+def plain_python(script: str, *args: str) -> dict | list:
+    env = {**ENV, "PYTHONPATH": ""}  # the installed transformers only; no repo on the path
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=120, cwd="/"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_logits(run: Path) -> torch.Tensor:
+    """Base model + the run's weights, as glmtune loads the run folder (the reference)."""
+    from glmtune import replies
+
+    loaded = replies.load_run(run)
+    with torch.no_grad():
+        return loaded.model(input_ids=torch.tensor(IDS)).logits  # [1, seq, vocab]
+
+
+# --------------------------------------------------------------------------- merge
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_merged_sft_loads_in_plain_transformers(tmp_path, tiny_model_dir, chat_file, method):  # noqa: F811
+    from glmtune import replies
+
+    run = train(tmp_path, sft_config(tiny_model_dir, {"train_file": str(chat_file)}, method={"name": method}))
+    out = tmp_path / "merged"
+    main(["export", str(run), "--out", str(out), "--merge"])
+    assert (out / "model.safetensors").is_file() and (out / "export.json").is_file()
+    assert not (out / "glmtune.json").exists(), "an export is not a run folder"
+    plain = plain_python(PLAIN_LM, str(out), json.dumps(IDS))
+    assert plain["class"] == "LlamaForCausalLM"
+    reference = run_logits(run)
+    base = plain_python(PLAIN_LM, str(tiny_model_dir), json.dumps(IDS))
+    assert not torch.allclose(torch.tensor(base["logits"]), reference, atol=1e-3), (
+        "training changed the logits"
+    )
+    torch.testing.assert_close(torch.tensor(plain["logits"]), reference, atol=1e-4, rtol=0)
+    # The run's template (plain) as a Jinja chat template, and its stop ids in generation_config.json.
+    loaded = replies.load_run(run)
+    from glmtune.data.conversation import Message
+
+    messages = [Message("system", "sys"), Message("user", "这个好")]
+    assert plain["text"] == loaded.format.render(messages, None, True)
+    assert plain["eos"] == loaded.format.stop_ids() or [plain["eos"]] == loaded.format.stop_ids()
+    notes = json.loads((out / "export.json").read_text())
+    assert notes["weights"] == "merged" and notes["method"] == method and "no glmtune" in notes["loads_with"]
+    assert "AutoModelForCausalLM" in (out / "README.md").read_text()
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+def test_merged_classifier_body_and_head(tmp_path, tiny_model_dir, sentiment_file, capsys):
+    import yaml
+
+    from glmtune import classify, export
+
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_config(tiny_model_dir, sentiment_file), allow_unicode=True))
+    run = tmp_path / "run"
+    main(["train", str(cfg_path), "--output", str(run)])
+    out = tmp_path / "merged"
+    main(["export", str(run), "--out", str(out), "--merge"])
+    assert {"head.safetensors", "labels.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
+    texts = ["这个东西非常好", "物流真慢，差"]
+    reference = classify.predict_texts(classify.load_run(run), texts)  # [2, labels]
+    again = classify.predict_texts(export.load_export(out), texts)
+    torch.testing.assert_close(again, reference, atol=1e-5, rtol=0)
+    plain = plain_python(PLAIN_CLASSIFIER, str(out), texts[0])  # README's snippet, pooling "last"
+    torch.testing.assert_close(torch.tensor(plain), reference[0], atol=1e-5, rtol=0)
+    capsys.readouterr()
+    main(["predict", str(out), "--text", texts[1]])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (
+        row["probs"]
+        == classify.prediction(reference[1], json.loads((out / "labels.json").read_text()))["probs"]
+    )
+
+
+# --------------------------------------------------------------------------- int8
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+def test_int8_sft_export_reloads_and_reports(tmp_path, tiny_model_dir, chat_file, capsys):  # noqa: F811
+    from glmtune import export, replies
+    from glmtune.models import int8
+
+    run = train(tmp_path, sft_config(tiny_model_dir, {"train_file": str(chat_file)}))
+    out = tmp_path / "int8"
+    main(["export", str(run), "--out", str(out), "--quantize", "int8"])
+    assert (out / "model.int8.safetensors").is_file() and not (out / "model.safetensors").exists()
+    report = json.loads((out / "quantization.json").read_text())
+    assert report["examples"] == 6 and report["speedup"] > 0
+    for key in ("loss", "rougeL_char", "bleu4", "seconds"):
+        assert key in report["fp32"] and key in report["int8"]
+    assert abs(report["delta"]["loss"]) < 0.05, "int8 barely moves the loss"
+    assert report["weights_mb"]["int8"] < report["weights_mb"]["fp32"]
+    # The folder reloads to exactly the model that was measured: merged, then quantized in memory.
+    loaded = replies.load_run(run)
+    merged = export.merge(loaded)
+    with torch.no_grad():
+        fp32 = merged(input_ids=torch.tensor(IDS)).logits
+        expected = int8.quantize(merged)(input_ids=torch.tensor(IDS)).logits
+        got = export.load_export(out).model(input_ids=torch.tensor(IDS)).logits
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert (got - fp32).abs().max() < 0.05 and not torch.equal(got, fp32)
+    capsys.readouterr()
+    main(["predict", str(out), "--text", "这个好"])
+    assert "output" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+def test_int8_classifier_export_reports_accuracy(tmp_path, tiny_model_dir, sentiment_file, capsys):
+    import yaml
+
+    from glmtune import classify, export
+
+    cfg = tiny_config(tiny_model_dir, sentiment_file, method={"name": "freeze", "trainable_layers": 1})
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    run = tmp_path / "run"
+    main(["train", str(cfg_path), "--output", str(run)])
+    out = tmp_path / "int8"
+    main(["export", str(run), "--out", str(out), "--quantize", "int8", "--merge"])
+    report = json.loads((out / "quantization.json").read_text())
+    assert report["examples"] == 16 and 0 <= report["agreement"] <= 1
+    assert report["delta"]["accuracy"] == pytest.approx(
+        report["int8"]["accuracy"] - report["fp32"]["accuracy"]
+    )
+    texts = ["这个东西非常好", "物流真慢，差"]
+    reference = classify.predict_texts(classify.load_run(run), texts)
+    again = classify.predict_texts(export.load_export(out), texts)
+    assert (again - reference).abs().max() < 0.02
+    assert "int8" in (out / "README.md").read_text()
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def export_fails(*argv: str, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def fake_run(tmp_path) -> Path:
+    """A run folder with its marker and config but no trained weights (training never finished)."""
+    from glmtune.runs import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.create()
+    run.write_marker({"task": "sft"})
+    run.config.write_text("task: sft\n")
+    return run.path
+
+
+def test_run_without_weights(tmp_path, fake_run, capsys):
+    err = export_fails(str(fake_run), "--out", str(tmp_path / "out"), "--merge", capsys=capsys)
+    assert str(fake_run) in err and "no trained weights" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_of_another_layout(tmp_path, fake_run, capsys):
+    (fake_run / "glmtune.json").write_text(json.dumps({"format": 0, "glmtune": "0.0.1"}))
+    err = export_fails(str(fake_run), "--out", str(tmp_path / "out"), "--merge", capsys=capsys)
+    assert "format 0" in err and "re-train" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("mode", "words"), [("int3", "unknown quantize mode"), ("nf4", "bitsandbytes on a CUDA GPU")]
+)
+def test_quantize_modes_not_available(tmp_path, fake_run, mode, words, capsys):
+    err = export_fails(str(fake_run), "--out", str(tmp_path / "out"), "--quantize", mode, capsys=capsys)
+    assert words in err and "--quantize" in err and "int8" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_gguf_is_refused_with_the_reason(tmp_path, fake_run, capsys):
+    err = export_fails(str(fake_run), "--out", str(tmp_path / "out"), "--gguf", capsys=capsys)
+    assert "not supported" in err and "convert_hf_to_gguf" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_is_never_touched(tmp_path, fake_run, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    err = export_fails(str(fake_run), "--out", str(out), "--merge", capsys=capsys)
+    assert str(out) in err and "never overwrites" in err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_nothing_requested(tmp_path, fake_run, capsys):
+    err = export_fails(str(fake_run), "--out", str(tmp_path / "out"), capsys=capsys)
+    assert "--merge" in err
+    assert not (tmp_path / "out").exists()
