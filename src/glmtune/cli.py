@@ -187,6 +187,24 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     print(ensemble.run(args.run_dirs, args.method, args.out, overwrite=args.overwrite))
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from glmtune.serve import serve
+    from glmtune.serve.app import Limits
+
+    limits = Limits(
+        max_body_bytes=args.max_body_bytes,
+        max_tokens=args.max_tokens,
+        max_messages=args.max_messages,
+        max_inputs=args.max_inputs,
+        timeout_s=args.timeout,
+        max_queue=args.max_queue,
+        max_batch_size=args.max_batch_size,
+        batch_wait_s=args.batch_wait_ms / 1000,
+    )
+    options = dict(host=args.host, port=args.port, api_key=args.api_key, template=args.template)
+    serve(args.targets, limits=limits, **options)
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from glmtune.models import list_models
 
@@ -298,6 +316,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gguf", action="store_true", help="GGUF (not supported; see README)")
     p.add_argument("--data", help="--quantize: measure quality on this file instead of the run's test split")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server over runs and models")
+    p.add_argument("targets", nargs="+", metavar="RUN_DIR|MODEL", help="runs (sft, classification) or models")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free one; the address is printed)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $GLMTUNE_API_KEY if set)")
+    p.add_argument("--template", help="chat template for a bare model (default: auto)")
+    p.add_argument("--max-tokens", type=int, default=1024, help="ceiling on a request's max_tokens")
+    p.add_argument("--max-messages", type=int, default=128, help="messages per chat request")
+    p.add_argument("--max-inputs", type=int, default=64, help="texts per classify, prompts per completions")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body size limit")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per request, queueing included")
+    p.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 429")
+    p.add_argument("--max-batch-size", type=int, default=8, help="requests generated together in one batch")
+    p.add_argument("--batch-wait-ms", type=float, default=50.0, help="wait for company in a batch (ms)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("models", help="list built-in models")
     p.add_argument("--cache-dir", help="the built-in model cache to inspect")

@@ -93,7 +93,7 @@ def _stop_ids(tokenizer: Any, cfg: GenerationConfig) -> list[int]:
     return [eos]
 
 
-def _hf_config(tokenizer: Any, cfg: GenerationConfig, stop_ids: list[int]):
+def hf_generation_config(tokenizer: Any, cfg: GenerationConfig, stop_ids: list[int]):
     """transformers' GenerationConfig with every field we rely on set (the model's defaults fill only the rest)."""
     from transformers import GenerationConfig as HFGenerationConfig
 
@@ -153,6 +153,27 @@ def finish(
     return Generated(text.rstrip("\ufffd"), ids[:max_new_tokens], "length")
 
 
+def visible_text(tokenizer: Any, tokens: Sequence[int], stop_ids: Sequence[int], stops: Sequence[str]) -> str:
+    """The text of ``tokens`` (ids generated so far) that can be shown now: up to a stop id or stop string, not a
+    possible start of a stop string, not a half character. Streaming shows growing prefixes of this; they always
+    lead to ``finish``'s text."""
+    body = list(tokens)
+    stop_at = next((k for k, token in enumerate(body) if token in stop_ids), None)
+    if stop_at is not None:
+        body = body[:stop_at]
+    text = _decode(tokenizer, body).rstrip("\ufffd")
+    cut = _first_stop_string(text, stops) if stops else None
+    if cut is not None:
+        return text[:cut]
+    hold = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), hold, -1):
+            if text.endswith(stop[:size]):
+                hold = size
+                break
+    return text[: len(text) - hold]
+
+
 def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
@@ -169,7 +190,7 @@ def _seeded(cfg: GenerationConfig, device: torch.device):
         yield
 
 
-def _left_padded(prompts_ids: Sequence[Sequence[int]], pad_id: int, device: torch.device):
+def left_padded(prompts_ids: Sequence[Sequence[int]], pad_id: int, device: torch.device):
     width = max(len(ids) for ids in prompts_ids)
     input_ids = torch.full((len(prompts_ids), width), pad_id, dtype=torch.long)  # [batch, width]
     attention_mask = torch.zeros((len(prompts_ids), width), dtype=torch.long)  # [batch, width]
@@ -203,12 +224,12 @@ def generate(
     _check_prompts(prompts_ids)
     stop_ids = _stop_ids(tokenizer, cfg)
     device = _device(model)
-    input_ids, attention_mask = _left_padded(prompts_ids, pad_token_id(tokenizer), device)
+    input_ids, attention_mask = left_padded(prompts_ids, pad_token_id(tokenizer), device)
     with _seeded(cfg, device):
         output = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            generation_config=_hf_config(tokenizer, cfg, stop_ids),
+            generation_config=hf_generation_config(tokenizer, cfg, stop_ids),
             tokenizer=tokenizer if cfg.stop else None,
         )
     new_tokens = output[:, input_ids.shape[1] :].tolist()  # [batch, generated]
@@ -266,11 +287,11 @@ class TextStream:
         self._cancel = _Cancelled()
         self._error: BaseException | None = None
         device = _device(model)
-        input_ids, attention_mask = _left_padded([prompt_ids], pad_token_id(tokenizer), device)
+        input_ids, attention_mask = left_padded([prompt_ids], pad_token_id(tokenizer), device)
         kwargs = dict(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            generation_config=_hf_config(tokenizer, cfg, self.stop_ids),
+            generation_config=hf_generation_config(tokenizer, cfg, self.stop_ids),
             tokenizer=tokenizer if cfg.stop else None,
             streamer=self._tokens,
             stopping_criteria=StoppingCriteriaList([self._cancel]),
@@ -300,24 +321,6 @@ class TextStream:
     def finish_reason(self) -> FinishReason | None:
         return self.result.finish_reason if self.result else None
 
-    def _safe_text(self, tokens: list[int]) -> str:
-        """The text that can be shown now: not a possible start of a stop string, not a half character."""
-        body = tokens
-        stop_at = next((k for k, token in enumerate(tokens) if token in self.stop_ids), None)
-        if stop_at is not None:
-            body = tokens[:stop_at]
-        text = _decode(self.tokenizer, body).rstrip("\ufffd")
-        cut = _first_stop_string(text, self.cfg.stop) if self.cfg.stop else None
-        if cut is not None:
-            return text[:cut]
-        hold = 0
-        for stop in self.cfg.stop:
-            for size in range(min(len(stop) - 1, len(text)), hold, -1):
-                if text.endswith(stop[:size]):
-                    hold = size
-                    break
-        return text[: len(text) - hold]
-
     def __iter__(self) -> Iterator[str]:
         tokens: list[int] = []
         shown = ""
@@ -327,7 +330,7 @@ class TextStream:
                 if item is _TokenQueue._END:
                     break
                 tokens += item
-                visible = self._safe_text(tokens)
+                visible = visible_text(self.tokenizer, tokens, self.stop_ids, self.cfg.stop)
                 if len(visible) > len(shown) and visible.startswith(shown):
                     yield visible[len(shown) :]
                     shown = visible
@@ -356,4 +359,15 @@ def stream(model: Any, tokenizer: Any, prompt_ids: Sequence[int], cfg: Generatio
     return TextStream(model, tokenizer, prompt_ids, cfg)
 
 
-__all__ = ["FinishReason", "GenerationConfig", "Generated", "TextStream", "finish", "generate", "stream"]
+__all__ = [
+    "FinishReason",
+    "GenerationConfig",
+    "Generated",
+    "TextStream",
+    "finish",
+    "generate",
+    "hf_generation_config",
+    "left_padded",
+    "stream",
+    "visible_text",
+]
