@@ -19,7 +19,7 @@ import yaml
 from glmtune.errors import UserError
 
 TASKS = ("classification", "sft")
-METHODS = ("full", "freeze", "lora", "ptuning", "prompt_tuning", "p_tuning")
+METHODS = ("full", "freeze", "lora", "ptuning")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
@@ -185,20 +185,6 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto: bf16 where the CPU/GPU supports it
     seed: int = 42
     max_seq_len: int = 128
-@dataclass
-class DistillConfig:
-    """Knowledge distillation from a finished teacher run (Hinton et al. 2015); off while ``teacher`` is unset."""
-
-    teacher: str | None = None  # the teacher's run folder (same task; sft: the same tokenizer vocabulary)
-    temperature: float = 2.0  # softens both distributions; the KL term is scaled by T^2
-    alpha: float = 0.5  # weight of the KL term; 1 - alpha weighs the ordinary loss on hard labels
-
-    def __post_init__(self) -> None:
-        _positive(self.temperature, "method.distill.temperature")
-        if not 0 <= self.alpha <= 1:
-            raise UserError(f"got {self.alpha}", field="method.distill.alpha", expected="0 <= alpha <= 1")
-
-
     group_by_length: bool = True  # batches of similar length: less padding, same epoch
     gradient_checkpointing: bool = False
     eval_steps: int | None = None  # evaluate on validation every N optimizer steps (and each epoch)
@@ -211,15 +197,12 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         _positive(self.epochs, "train.epochs")
-    num_virtual_tokens: int = 20  # prompt_tuning / p_tuning (peft): learned embeddings put before the input
-    distill: DistillConfig = field(default_factory=DistillConfig)
-        _positive(self.max_steps, "train.max_steps", allow_zero=True)  # 0: evaluate without training
+        _positive(self.max_steps, "train.max_steps")
         _positive(self.batch_size, "train.batch_size")
         _positive(self.grad_accum, "train.grad_accum")
         _positive(self.lr, "train.lr")
         _positive(self.head_lr, "train.head_lr")
         _positive(self.weight_decay, "train.weight_decay", allow_zero=True)
-        _positive(self.num_virtual_tokens, "method.num_virtual_tokens")
         _positive(self.max_seq_len, "train.max_seq_len")
         _positive(self.eval_steps, "train.eval_steps")
         _positive(self.save_steps, "train.save_steps")
@@ -312,52 +295,6 @@ def _coerce(value: Any, tp: Any, name: str, source: str) -> Any:
     """Check (and gently convert) a YAML value against a field's type annotation."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-@dataclass
-class PromptConfig:
-    """Classification as generation (PET, Schick & Schütze 2021): a template around the text, and label words
-    whose log-probability right after it scores each label. Off while ``template`` is unset."""
-
-    template: str | None = None  # e.g. "评论：{text}\n情感：" — the label word is scored right after it
-    # label -> its word, or words (a label's probability is then their total)
-    verbalizer: dict[str, list[str] | str] | None = None
-    few_shot: int = 0  # k demonstrations from the training split (seeded by data.seed) before every text
-    separator: str = "\n\n"  # between demonstrations and the text
-
-    def __post_init__(self) -> None:
-        _positive(self.few_shot, "prompt.few_shot", allow_zero=True)
-        if self.template is None:
-            if self.verbalizer is not None or self.few_shot:
-                raise UserError(
-                    "prompt.verbalizer/few_shot without a template",
-                    field="prompt.template",
-                    expected="a template with {text}",
-                )
-            return
-        if self.template.count("{text}") != 1:
-            raise UserError(
-                f"got {self.template!r}",
-                field="prompt.template",
-                expected="a string with {text} exactly once",
-            )
-        if not self.verbalizer:
-            raise UserError(
-                "no label words", field="prompt.verbalizer", expected="a mapping label -> word(s)"
-            )
-        for label, words in self.verbalizer.items():
-            words = [words] if isinstance(words, str) else words
-            if not words or not all(w.strip() for w in words):
-                raise UserError(
-                    f"label {label!r} has no word",
-                    field="prompt.verbalizer",
-                    expected="non-empty label words",
-                )
-
-    def words(self, label: str) -> list[str]:
-        """The label words of ``label`` (a single word in the YAML becomes a list of one)."""
-        words = (self.verbalizer or {})[label]
-        return [words] if isinstance(words, str) else list(words)
-
-
         options = typing.get_args(tp)
         if value is None and type(None) in options:
             return None
@@ -420,7 +357,6 @@ def _build(cls: type, values: dict[str, Any], prefix: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
-    prompt: PromptConfig = field(default_factory=PromptConfig)
     for key, value in values.items():
         name = f"{prefix}{key}"
         if key not in fields:
@@ -440,12 +376,6 @@ def _build(cls: type, values: dict[str, Any], prefix: str, source: str) -> Any:
             raise UserError(str(error), file=source) from None
         raise
 
-        if self.prompt.template is not None and self.task != "classification":
-            raise UserError(
-                f"a prompt template is for task: classification (got task: {self.task})",
-                field="prompt.template",
-                expected="null for this task",
-            )
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree
@@ -485,14 +415,6 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if origin is dict:
-        key_type, value_type = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise UserError(f"got {value!r}", file=source, field=name, expected="a mapping")
-        return {
-            _coerce(k, key_type, name, source): _coerce(v, value_type, f"{name}.{k}", source)
-            for k, v in value.items()
-        }
     if not path.is_file():
         raise UserError("config file not found", file=str(path))
     try:
