@@ -205,6 +205,28 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(args.targets, limits=limits, **options)
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    from glmtune import config, train, tune
+
+    positional = list(args.args)
+    config_path = positional.pop(0) if positional and "=" not in positional[0] else None
+    if args.resume:
+        if config_path or positional or args.out:
+            raise UserError(
+                "--resume continues a search with its saved config",
+                field="tune",
+                expected="glmtune tune --resume TUNE_DIR [--trials N]",
+            )
+        print(tune.run(None, args.resume, trials=args.trials, resume=True))
+        return
+    if config_path is None:
+        raise UserError("no config given", expected="glmtune tune CONFIG.yaml [key=value ...] --trials N")
+    cfg = config.load(config_path, positional)
+    default = train.default_output(config_path)
+    out = Path(args.out) if args.out else default.with_name(default.name + "-tune")
+    print(tune.run(cfg, out, trials=args.trials, source=config_path))
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from glmtune.models import list_models
 
@@ -333,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-wait-ms", type=float, default=50.0, help="wait for company in a batch (ms)")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("tune", help="hyper-parameter search (Optuna) over the config's tune.space")
+    p.add_argument("args", nargs="*", help="CONFIG.yaml (with a tune: section) then dotted overrides")
+    p.add_argument("--trials", type=int, help="how many trials in all (default: tune.trials)")
+    p.add_argument("--out", help="the tune folder (default: runs/<config name>-tune)")
+    p.add_argument("--resume", metavar="TUNE_DIR", help="continue a killed search")
+    p.set_defaults(func=cmd_tune)
+
     p = sub.add_parser("models", help="list built-in models")
     p.add_argument("--cache-dir", help="the built-in model cache to inspect")
     p.set_defaults(func=cmd_models)
@@ -351,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     # Overrides may follow options (`train cfg.yaml --output d train.lr=1e-4`): argparse leaves them over.
-    if args.command == "train" and all("=" in u and not u.startswith("-") for u in unknown):
+    if args.command in ("train", "tune") and all("=" in u and not u.startswith("-") for u in unknown):
         args.args += unknown
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -235,6 +235,33 @@ class EvalConfig:
 
 
 @dataclass
+class TuneConfig:
+    """Hyper-parameter search (``glmtune tune``; ``glmtune train`` ignores this section). See the README."""
+
+    metric: str | None = None  # the validation metric to optimise (default: train.metric)
+    trials: int = 20  # how many trials (`--trials` overrides)
+    space: Any = field(default_factory=dict)  # dotted key -> {low, high, log, step} or [choices]
+    sampler: str = "tpe"  # tpe (Optuna's default) or random
+    seed: int = 0  # the sampler's seed: the same config and seed propose the same trials
+    pruner: str = "median"  # median: stop a trial whose validation metric is below the median so far; none
+    startup_trials: int = 2  # trials that always run to the end before the pruner may stop one
+    warmup_steps: int = 0  # optimizer steps before a trial may be pruned
+
+    def __post_init__(self) -> None:
+        if self.metric is not None:
+            _choice(self.metric, METRICS, "tune.metric")
+        _positive(self.trials, "tune.trials")
+        _choice(self.sampler, ("tpe", "random"), "tune.sampler")
+        _choice(self.pruner, ("median", "none"), "tune.pruner")
+        _positive(self.startup_trials, "tune.startup_trials", allow_zero=True)
+        _positive(self.warmup_steps, "tune.warmup_steps", allow_zero=True)
+        if not isinstance(self.space, dict):
+            raise UserError(
+                f"got {self.space!r}", field="tune.space", expected="a mapping of config keys to ranges"
+            )
+
+
+@dataclass
 class GenerateConfig:
     """How an SFT model generates: for validation/test metrics, ``predict`` and ``chat`` (greedy by default)."""
 
@@ -266,6 +293,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def __post_init__(self) -> None:
         _choice(self.task, TASKS, "task")
@@ -273,6 +301,8 @@ class Config:
         if self.train.metric is None:
             self.train.metric = allowed[0]
         _choice(self.train.metric, allowed, "train.metric")
+        if self.tune.metric is not None:
+            _choice(self.tune.metric, allowed, "tune.metric")
         if self.task != "sft" and self.data.train_files:
             raise UserError(
                 "data.train_files (a weighted mix) is for task: sft",
@@ -317,6 +347,8 @@ def _coerce(value: Any, tp: Any, name: str, source: str) -> Any:
         if not isinstance(value, list):
             raise UserError(f"got {value!r}", file=source, field=name, expected="a list")
         return [_coerce(item, item_type, name, source) for item in value]
+    if tp is Any:  # free-form (tune.space): checked by its reader
+        return value
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -462,4 +494,7 @@ def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
 
 def dump(cfg: Config) -> str:
     """The resolved config as YAML, re-runnable as is."""
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+    values = cfg.to_dict()
+    if cfg.tune == TuneConfig():  # only `glmtune tune` reads it: a run's config.yaml leaves it out
+        del values["tune"]
+    return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
