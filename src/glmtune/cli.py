@@ -238,10 +238,26 @@ def cmd_data(args: argparse.Namespace) -> None:
     if args.action == "inspect":
         inspect_data(args)
         return
+    if args.action == "augment":
+        preview_augment(args)
+        return
     from glmtune.data import list_datasets
 
     for row in list_datasets():
         print("  ".join(f"{k}={v}" for k, v in row.items()))
+
+
+def preview_augment(args: argparse.Namespace) -> None:
+    """The first training examples of a config beside their ``data.augment`` copies (nothing is written)."""
+    from glmtune import config
+    from glmtune.data.augment import preview
+
+    if args.config is None:
+        raise UserError(
+            "no config given", expected="glmtune data augment CONFIG.yaml [key=value ...] --preview [N]"
+        )
+    for line in preview(config.load(args.config, args.overrides), args.preview):
+        print(line)
 
 
 def inspect_data(args: argparse.Namespace) -> None:
@@ -366,11 +382,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="the built-in model cache to inspect")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("data", help="built-in datasets; inspect how an sft config's data is encoded")
-    p.add_argument("action", choices=["list", "inspect"])
-    p.add_argument("config", nargs="?", help="inspect: the sft config")
-    p.add_argument("overrides", nargs="*", help="inspect: dotted overrides like data.template=chatml")
+    p = sub.add_parser("data", help="built-in datasets; inspect sft encoding; preview data.augment")
+    p.add_argument("action", choices=["list", "inspect", "augment"])
+    p.add_argument("config", nargs="?", help="inspect: the sft config; augment: the config")
+    p.add_argument("overrides", nargs="*", help="inspect/augment: dotted overrides like data.template=chatml")
     p.add_argument("--n", type=int, default=3, help="inspect: how many training conversations to show")
+    p.add_argument(
+        "--preview",
+        type=int,
+        nargs="?",
+        const=5,
+        default=5,
+        metavar="N",
+        help="augment: show the first N training examples beside their augmented copies (default 5)",
+    )
     p.set_defaults(func=cmd_data)
     return parser
 

@@ -21,7 +21,7 @@ from glmtune.errors import UserError
 TASKS = ("classification", "sft")
 METHODS = ("full", "freeze", "lora", "ptuning")
 OPTIMIZERS = ("adamw", "sgd")
-SCHEDULERS = ("linear", "cosine", "constant")
+SCHEDULERS = ("linear", "cosine", "constant", "polynomial", "cosine_with_restarts")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 # The validation metric that picks the best checkpoint, per task; the first is the default.
 # Generation metrics (evaluate.generation_metrics returns exactly these, all x100).
@@ -96,6 +96,47 @@ class TrainSource:
 
 
 @dataclass
+class AugmentConfig:
+    """Noisy copies of each *training* example (``glmtune.data.augment``); off while ``n_aug`` is 0 and no
+    back-translation is set. Probabilities are per word (per character for ``char_noise_prob``)."""
+
+    n_aug: int = 0  # word/character-level augmented copies per training example (0: none)
+    language: str = "auto"  # zh (jieba words), en (whitespace words), auto: zh where the text has CJK
+    synonym_prob: float = 0.1  # replace a word by a synonym (zh: HIT Cilin, en: the bundled list)
+    insert_prob: float = 0.0  # insert a synonym of a random word at a random place
+    swap_prob: float = 0.0  # swap a word with another random word
+    delete_prob: float = 0.1  # delete a word (never every word)
+    char_noise_prob: float = 0.0  # per letter/digit: drop, double or swap with the next character
+    synonyms_file: str | None = None  # extra synonym groups: one group per line, words separated by spaces
+    back_translation: str | None = None  # "module:function" mapping a list of texts to paraphrases (+1 copy)
+
+    def __post_init__(self) -> None:
+        _positive(self.n_aug, "data.augment.n_aug", allow_zero=True)
+        _choice(self.language, ("auto", "zh", "en"), "data.augment.language")
+        for name in ("synonym_prob", "insert_prob", "swap_prob", "delete_prob", "char_noise_prob"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise UserError(f"got {value}", field=f"data.augment.{name}", expected="0 <= p <= 1")
+        if self.back_translation is not None and ":" not in self.back_translation:
+            raise UserError(
+                f"got {self.back_translation!r}",
+                field="data.augment.back_translation",
+                expected="module:function, e.g. mytranslate:paraphrase",
+            )
+        probs = (self.synonym_prob, self.insert_prob, self.swap_prob, self.delete_prob, self.char_noise_prob)
+        if self.n_aug and not any(probs):
+            raise UserError(
+                "every probability is 0, so each copy would equal its original",
+                field="data.augment.n_aug",
+                expected="a positive data.augment.*_prob, or n_aug: 0",
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.n_aug or self.back_translation)
+
+
+@dataclass
 class DataConfig:
     """Where examples come from and how they are split."""
 
@@ -123,6 +164,7 @@ class DataConfig:
     )
     train_on_prompt: bool = False  # learn every token, not only the assistant's replies
     packing: bool = False  # several short conversations per training row (each still sees only itself)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # training split only
 
     def __post_init__(self) -> None:
         if self.dataset is None and self.train_file is None and not self.train_files:
@@ -166,6 +208,22 @@ class MethodConfig:
 
 
 @dataclass
+class AdversarialConfig:
+    """Adversarial training on the input embeddings (``glmtune.adversarial``): FGM or PGD; off with ``none``."""
+
+    name: str = "none"  # none, fgm (Miyato et al. 2017) or pgd (Madry et al. 2018)
+    epsilon: float = 1.0  # L2 radius of the perturbation, per example (over all its token embeddings)
+    alpha: float = 0.3  # pgd: L2 size of each ascent step
+    steps: int = 3  # pgd: ascent steps k
+
+    def __post_init__(self) -> None:
+        _choice(self.name, ("none", "fgm", "pgd"), "train.adversarial.name")
+        _positive(self.epsilon, "train.adversarial.epsilon")
+        _positive(self.alpha, "train.adversarial.alpha")
+        _positive(self.steps, "train.adversarial.steps")
+
+
+@dataclass
 class TrainConfig:
     """The optimisation loop."""
 
@@ -182,6 +240,12 @@ class TrainConfig:
     warmup_ratio: float = 0.06
     max_grad_norm: float | None = 1.0
     dropout: float | None = None  # override the model's dropout probabilities
+    label_smoothing: float = 0.0  # cross-entropy against (1 - e)·one-hot + e/classes (training loss only)
+    rdrop_alpha: float = 0.0  # R-Drop: weight of the symmetric KL between two dropout passes (classification)
+    layer_lr_decay: float = 1.0  # LLRD: layer i of L (0: bottom) at lr·decay^(L-1-i), embeddings lr·decay^L
+    scheduler_power: float = 1.0  # polynomial schedule: power of the decay to 0 (1: the linear schedule)
+    scheduler_cycles: int = 1  # cosine_with_restarts: how many cosine cycles (hard restarts) in the run
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     mixed_precision: str = "auto"  # auto: bf16 where the CPU/GPU supports it
     seed: int = 42
     max_seq_len: int = 128
@@ -218,6 +282,13 @@ class TrainConfig:
             raise UserError(f"got {self.warmup_ratio}", field="train.warmup_ratio", expected="0 <= r < 1")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise UserError(f"got {self.dropout}", field="train.dropout", expected="0 <= p < 1")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"got {self.label_smoothing}", field="train.label_smoothing", expected="0 <= e < 1")
+        _positive(self.rdrop_alpha, "train.rdrop_alpha", allow_zero=True)
+        if not 0 < self.layer_lr_decay <= 1:
+            raise UserError(f"got {self.layer_lr_decay}", field="train.layer_lr_decay", expected="0 < d <= 1")
+        _positive(self.scheduler_power, "train.scheduler_power")
+        _positive(self.scheduler_cycles, "train.scheduler_cycles")
 
     @property
     def greater_is_better(self) -> bool:
@@ -308,6 +379,12 @@ class Config:
                 "data.train_files (a weighted mix) is for task: sft",
                 field="data.train_files",
                 expected="data.train_file for classification",
+            )
+        if self.train.rdrop_alpha and self.task != "classification":
+            raise UserError(
+                f"R-Drop is for task: classification (got task: {self.task})",
+                field="train.rdrop_alpha",
+                expected="0 for this task",
             )
 
     def to_dict(self) -> dict[str, Any]:

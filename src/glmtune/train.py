@@ -10,6 +10,7 @@ written out below.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -19,8 +20,8 @@ from typing import Any
 
 import torch
 
+from glmtune import adversarial, methods, regularize
 from glmtune import config as config_mod
-from glmtune import methods
 from glmtune.config import Config, TrainConfig
 from glmtune.runs import RunDir, atomic_write_json, atomic_write_text, prune, read_json
 
@@ -60,21 +61,23 @@ def mixed_precision(train: TrainConfig) -> str:
 
 
 def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD; no weight decay on norms, biases and other 1-d tensors; the head may have its own lr."""
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    """AdamW or SGD; no weight decay on norms, biases and other 1-d tensors; the head may have its own lr;
+    body layers may have decaying ones (``train.layer_lr_decay``)."""
+    scales = regularize.layer_lr_scales(model, train.layer_lr_decay)  # {param name: lr multiplier}; {}: off
+    groups: dict[tuple[bool, bool, float], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         is_head = name.startswith("head.")
         decay = param.ndim >= 2 and "norm" not in name.lower()
-        groups.setdefault((is_head, decay), []).append(param)
+        groups.setdefault((is_head, decay, scales.get(name, 1.0)), []).append(param)
     param_groups = [
         {
             "params": params,
-            "lr": (train.head_lr or train.lr) if is_head else train.lr,
+            "lr": (train.head_lr or train.lr) if is_head else train.lr * scale,
             "weight_decay": train.weight_decay if decay else 0.0,
         }
-        for (is_head, decay), params in groups.items()
+        for (is_head, decay, scale), params in groups.items()
     ]
     if train.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=train.lr, momentum=train.momentum)
@@ -158,8 +161,6 @@ def run(
     loaders = task.make_loaders(tokenizer, model)
 
     # 5. optimizer and schedule
-    from transformers import get_scheduler
-
     optimizer = build_optimizer(model, train_cfg)
     model, optimizer, *prepared = accelerator.prepare(
         model, optimizer, loaders["train"], loaders["validation"], loaders["test"]
@@ -168,10 +169,9 @@ def run(
     train_loader = task.loaders["train"]
     steps = total_steps(train_cfg, len(train_loader))
     # Not prepared by accelerate (it would step once per process); stepped once per optimizer step below.
-    scheduler = get_scheduler(
-        train_cfg.scheduler, optimizer, math.ceil(train_cfg.warmup_ratio * steps), steps
-    )
+    scheduler = regularize.make_scheduler(optimizer, train_cfg, steps)
     accelerator.register_for_checkpointing(scheduler)
+    adversary = adversarial.create(model, train_cfg.adversarial, accelerator)  # None unless fgm/pgd
     trainable = {name for name, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
     # Checkpoints hold only what trains (the frozen base reloads from the model), plus optimizer/RNG/schedule.
     accelerator.register_save_state_pre_hook(
@@ -239,8 +239,8 @@ def run(
         loader.set_epoch(state.epoch)  # reshuffle: same seed + epoch → same batches (also on resume)
         for batch in loader:
             with accelerator.accumulate(model):
-                loss, tokens = task.loss(model, batch, accelerator)
-                accelerator.backward(loss)
+                loss_fn = functools.partial(task.loss, model, batch, accelerator)
+                loss, tokens = adversarial.forward_backward(loss_fn, accelerator, adversary)  # + FGM/PGD term
                 if accelerator.sync_gradients and train_cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
                 optimizer.step()

@@ -48,8 +48,11 @@ class CausalLM(nn.Module):
             enable_input_grads()
 
 
-def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token cross-entropy per row and the number of learned tokens per row.
+def token_losses(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy per row and the number of learned tokens per row (``label_smoothing``:
+    training only; evaluation reports the plain cross-entropy).
 
     ``logits`` [batch, seq, vocab] predict ``labels`` [batch, seq] shifted by one (``-100``: not learned).
     Returns ``sums`` [batch] (fp32) and ``counts`` [batch].
@@ -57,7 +60,11 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     shifted_logits = logits[:, :-1].float()  # [batch, seq - 1, vocab]
     shifted_labels = labels[:, 1:]  # [batch, seq - 1]
     losses = F.cross_entropy(
-        shifted_logits.transpose(1, 2), shifted_labels, ignore_index=IGNORE_INDEX, reduction="none"
+        shifted_logits.transpose(1, 2),
+        shifted_labels,
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+        label_smoothing=label_smoothing,
     )  # [batch, seq - 1]
     return losses.sum(dim=-1), (shifted_labels != IGNORE_INDEX).sum(dim=-1)
 

@@ -58,8 +58,11 @@ class Classification:
     # 1. data
     def load_data(self) -> None:
         from glmtune import data as data_mod
+        from glmtune.data.augment import augment_examples
 
         self.dataset = data_mod.load_classification(self.cfg.data)
+        # data.augment: noisy copies of the training split only; validation and test stay as read
+        self.dataset.train = augment_examples(self.dataset.train, self.cfg.data.augment, self.cfg.train.seed)
         self.labels = self.dataset.labels
         self.splits = {name: getattr(self.dataset, name) for name in ("train", "validation", "test")}
 
@@ -123,9 +126,16 @@ class Classification:
     def loss(
         self, model: torch.nn.Module, batch: dict[str, Any], accelerator: Any
     ) -> tuple[torch.Tensor, int]:
+        train = self.cfg.train
         with accelerator.autocast():
             logits = model(batch["input_ids"], batch["attention_mask"])  # [batch, num_labels]
-        loss = F.cross_entropy(logits.float(), batch["labels"])
+        loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=train.label_smoothing)
+        if train.rdrop_alpha:  # R-Drop: a second pass under other dropout masks (glmtune.regularize)
+            from glmtune.regularize import rdrop_loss
+
+            with accelerator.autocast():
+                logits_b = model(batch["input_ids"], batch["attention_mask"])  # [batch, num_labels]
+            loss = rdrop_loss(logits, logits_b, batch["labels"], train.rdrop_alpha, train.label_smoothing)
         return loss, int(batch["attention_mask"].sum())
 
     # 5. evaluation

@@ -60,11 +60,14 @@ class SFT:
 
     # 1. data: read, split, then tokenizer, template and encoding (every bad-input error happens here)
     def load_data(self) -> None:
+        from glmtune.data.augment import augment_conversations
         from glmtune.data.sft import load_sft
         from glmtune.models.load import load_tokenizer
 
         cfg = self.cfg
         self.data = load_sft(cfg.data)
+        # data.augment: copies of training conversations with noisy user turns; validation and test as read
+        self.data.train = augment_conversations(self.data.train, cfg.data.augment, cfg.train.seed)
         self.splits = {name: getattr(self.data, name) for name in ("train", "validation", "test")}
         self.tokenizer = load_tokenizer(cfg.model)
         self.format = resolve_template(self.tokenizer, cfg.data.template)
@@ -139,7 +142,8 @@ class SFT:
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "index", "num_tokens")}
         with accelerator.autocast():
             logits = model(**inputs).logits  # [batch, seq, vocab]
-        sums, counts = token_losses(logits, batch["labels"])  # [batch], [batch]
+        smoothing = self.cfg.train.label_smoothing
+        sums, counts = token_losses(logits, batch["labels"], smoothing)  # [batch], [batch]
         loss = sums.sum() / counts.sum().clamp(min=1)
         tokens = batch["num_tokens"].sum() if "num_tokens" in batch else batch["attention_mask"].sum()
         return loss, int(tokens)

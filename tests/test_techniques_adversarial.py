@@ -1,0 +1,139 @@
+"""Adversarial training (train.adversarial): FGM/PGD gradients against an independent inputs_embeds reference,
+embeddings untouched (bit-exact) after each step, and 2-step runs with LoRA/full/freeze, accumulation, bf16."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glmtune import adversarial
+from glmtune.config import AdversarialConfig, MethodConfig, ModelConfig
+from glmtune.models.heads import load_classifier, pool, position_ids_from_mask
+from tests.conftest import tiny_config
+from tests.test_smoke_train import train
+
+
+def tiny_classifier(model_dir, method: str):
+    torch.manual_seed(0)
+    model, tokenizer = load_classifier(ModelConfig(name_or_path=str(model_dir)), 2)
+    adversarial_free = MethodConfig(name=method, lora_dropout=0.0, trainable_layers=1)
+    from glmtune import methods
+
+    methods.apply(model, adversarial_free)
+    with torch.no_grad():  # a zero head passes no gradient to the body: give it weights
+        model.head.weight.normal_(0, 1.0)
+    model.train()
+    batch = tokenizer(["这个很好", "质量差得很失望", "物流慢"], padding=True, return_tensors="pt")
+    return model, batch["input_ids"], batch["attention_mask"], torch.tensor([1, 0, 0])
+
+
+def logits_from_embeds(model, embeds, mask):
+    """The classifier's forward from given input embeddings (the reference path: no hook involved)."""
+    out = model.backbone(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False
+    )
+    return model.head(model.dropout(pool(out.last_hidden_state, mask, model.pooling)))
+
+
+def unit(g):
+    return g / g.flatten(1).norm(dim=1).view(-1, 1, 1)
+
+
+def project(r, eps):
+    norms = r.flatten(1).norm(dim=1)
+    return r * (eps / norms).clamp(max=1.0).view(-1, 1, 1)
+
+
+def reference_grads(model, ids, mask, labels, cfg: AdversarialConfig) -> dict[str, torch.Tensor]:
+    """Clean loss + loss at the FGM/PGD perturbation, written out with inputs_embeds (independent of the hook)."""
+    model.zero_grad()
+    embed = adversarial.input_embeddings(model)
+    clean = embed(ids)  # [batch, seq, hidden]
+    clean.retain_grad() if clean.requires_grad else clean.requires_grad_(True)  # frozen embeddings: a leaf
+    F.cross_entropy(logits_from_embeds(model, clean, mask), labels).backward()
+    g = clean.grad
+    if cfg.name == "fgm":
+        r = cfg.epsilon * unit(g)
+    else:
+        r = project(cfg.alpha * unit(g), cfg.epsilon)
+        for _ in range(cfg.steps - 1):
+            delta = r.clone().requires_grad_(True)
+            loss = F.cross_entropy(logits_from_embeds(model, embed(ids).detach() + delta, mask), labels)
+            (g,) = torch.autograd.grad(loss, delta)
+            r = project(r + cfg.alpha * unit(g), cfg.epsilon)
+    F.cross_entropy(logits_from_embeds(model, embed(ids) + r, mask), labels).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize(
+    "cfg", [AdversarialConfig(name="fgm", epsilon=0.5), AdversarialConfig(name="pgd", epsilon=0.5, alpha=0.2)]
+)
+def test_adversarial_gradients_match_the_reference_and_embeddings_stay(tiny_model_dir, method, cfg):
+    from accelerate import Accelerator
+
+    model, ids, mask, labels = tiny_classifier(tiny_model_dir, method)
+    expected = reference_grads(model, ids, mask, labels, cfg)
+
+    model.zero_grad()
+    F.cross_entropy(model(ids, mask), labels).backward()
+    clean_only = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    accelerator = Accelerator(cpu=True)
+    adversary = adversarial.create(model, cfg, accelerator)
+    weight = adversarial.input_embeddings(model).weight
+    before = weight.detach().clone()
+    with torch.no_grad():
+        logits_before = model(ids, mask)
+    model.zero_grad()
+    loss, tokens = adversary.step(lambda: (F.cross_entropy(model(ids, mask), labels), int(mask.sum())))
+
+    got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert set(got) == set(expected) and got
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert any(not torch.allclose(got[n], clean_only[n]) for n in got), "the adversarial term adds gradient"
+    assert loss.item() == pytest.approx(F.cross_entropy(logits_before, labels).item(), rel=1e-5)
+    assert tokens == int(mask.sum())
+    assert torch.equal(weight.detach(), before), "embedding weights bit-exactly as before"
+    assert weight.requires_grad == (method == "full"), "frozen embeddings stay frozen"
+    with torch.no_grad():  # the perturbation is gone after the step
+        assert torch.equal(model(ids, mask), logits_before)
+
+
+def test_projection_keeps_each_example_inside_epsilon():
+    r = torch.randn(4, 5, 8) * torch.tensor([0.01, 1.0, 10.0, 100.0]).view(-1, 1, 1)
+    projected = adversarial._project(r, 1.0)
+    norms = projected.flatten(1).norm(dim=1)
+    assert torch.all(norms <= 1.0 + 1e-5)
+    torch.testing.assert_close(projected[0], r[0])  # already inside: unchanged
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+@pytest.mark.parametrize(
+    ("method", "adv", "extra"),
+    [
+        ("lora", {"name": "fgm"}, {}),
+        ("freeze", {"name": "fgm"}, {"grad_accum": 2}),
+        ("full", {"name": "pgd", "steps": 2}, {}),
+        ("lora", {"name": "pgd", "steps": 2}, {"grad_accum": 2, "mixed_precision": "bf16"}),
+    ],
+)
+def test_two_step_adversarial_runs(tmp_path, tiny_model_dir, sentiment_file, method, adv, extra):
+    cfg = tiny_config(
+        tiny_model_dir,
+        sentiment_file,
+        method={"name": method, "trainable_layers": 1},
+        train={"adversarial": adv, **extra},
+    )
+    run = train(tmp_path, cfg)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and 0 <= metrics["test"]["accuracy"] <= 1
+    losses = [
+        json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines() if '"train"' in line
+    ]
+    assert losses and all(loss == loss for loss in losses), "finite logged training losses"
