@@ -178,3 +178,12 @@ def test_a_killed_tune_resumes(tmp_path, tiny_model_dir, sentiment_file, capsys)
     with pytest.raises(SystemExit):
         main(["tune", str(tmp_path / "cfg.yaml"), "--out", str(out)])
     assert "tune folder exists" in capsys.readouterr().err
+
+
+def test_the_example_space_is_valid():
+    path = Path(__file__).resolve().parents[1] / "examples" / "sentiment-tune.yaml"
+    cfg = config.load(path)
+    params = tune.parse_space(cfg.tune.space, str(path))
+    tune.check_space(cfg, params, cfg.train.metric, str(path))
+    assert {p.key: p.kind for p in params}["method.lora_r"] == "categorical"
+    assert "tune" not in yaml.safe_load(config.dump(config.from_dict(tune.trial_values(cfg, "accuracy", {}))))
