@@ -13,6 +13,7 @@ from glmtune import adversarial
 from glmtune.config import AdversarialConfig, MethodConfig, ModelConfig
 from glmtune.models.heads import load_classifier, pool, position_ids_from_mask
 from tests.conftest import tiny_config
+from tests.test_chatglm3_methods import chatglm3_dir  # noqa: F401  (a fixture)
 from tests.test_smoke_train import train
 
 
@@ -137,3 +138,37 @@ def test_two_step_adversarial_runs(tmp_path, tiny_model_dir, sentiment_file, met
         json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines() if '"train"' in line
     ]
     assert losses and all(loss == loss for loss in losses), "finite logged training losses"
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+def test_adversarial_with_gradient_checkpointing(tmp_path, tiny_model_dir, sentiment_file):
+    cfg = tiny_config(
+        tiny_model_dir, sentiment_file, train={"adversarial": {"name": "fgm"}, "gradient_checkpointing": True}
+    )
+    run = train(tmp_path, cfg)
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 2
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+def test_chatglm3_ptuning_composes_with_every_technique(tmp_path, chatglm3_dir, sentiment_file):  # noqa: F811
+    """P-tuning v2 (frozen embeddings, prefix encoder) with FGM, R-Drop, label smoothing, LLRD and augmentation."""
+    from safetensors.torch import load_file
+
+    cfg = tiny_config(
+        chatglm3_dir,
+        sentiment_file,
+        method={"name": "ptuning", "pre_seq_len": 4},
+        data={"augment": {"n_aug": 1, "delete_prob": 0.2}},
+        train={
+            "adversarial": {"name": "pgd", "steps": 2},
+            "rdrop_alpha": 1.0,
+            "dropout": 0.1,
+            "label_smoothing": 0.1,
+            "layer_lr_decay": 0.8,
+            "scheduler": "polynomial",
+        },
+    )
+    run = train(tmp_path, cfg)
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 2
+    body = load_file(str(run / "body.safetensors"))
+    assert body and all("prefix_encoder" in k for k in body), "only the prefix trained; embeddings untouched"

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from glmtune.config import AdversarialConfig
+from glmtune.errors import UserError
 
 LossFn = Callable[[], tuple[torch.Tensor, int]]
 
@@ -97,10 +98,14 @@ class Adversary:
         with self._perturb(None, record=True):
             loss, tokens = loss_fn()
             accelerator.backward(loss)
-        grad = self.leaf.grad if self.leaf is not None else None
+        if self.leaf is None:  # a silent no-op would look like adversarial training that does nothing
+            raise UserError(
+                "the model never called its input embeddings (get_input_embeddings())",
+                field="train.adversarial.name",
+                expected="none for this model",
+            )
+        grad = self.leaf.grad if self.leaf.grad is not None else torch.zeros_like(self.leaf)
         self.leaf = None
-        if grad is None:  # the model never called its embedding (e.g. inputs_embeds given): nothing to attack
-            return loss, tokens
         direction = _per_example_normalise(grad)  # [batch, seq, hidden]
         if self.cfg.name == "fgm":
             r = self.cfg.epsilon * direction
