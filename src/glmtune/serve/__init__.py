@@ -6,9 +6,12 @@ rows.py (one batched ``generate`` over requests with their own settings) · mode
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import socket
+import threading
 
 from glmtune.errors import UserError
 
@@ -69,9 +72,29 @@ def serve(
         names = ", ".join(served)
         auth = " (API key required)" if api_key else ""
         print(f"glmtune: serving {names} on http://{bound_host}:{bound_port}{auth}", flush=True)
-        uvicorn.Server(config).run(sockets=[sock])
+        with _exit_zero_after_signals():
+            uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
+
+
+@contextlib.contextmanager
+def _exit_zero_after_signals():
+    """uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that was there
+    before it: make that handler a clean exit (code 0), not a KeyboardInterrupt traceback or death by signal."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stopped(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    previous = {sig: signal.signal(sig, stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 __all__ = ["API_KEY_ENV", "bind", "serve"]
