@@ -182,6 +182,12 @@ def _reseed(run: Path) -> None:
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
+def _no_validation(run: Path) -> None:
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"]["validation_size"] = 0
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
@@ -191,6 +197,7 @@ def _reseed(run: Path) -> None:
         ("other labels", "expected runs trained on the same label set"),
         ("other split", "field 'data.seed': data split differs"),
         ("output exists", "output folder exists"),
+        ("no validation split", "no validation split to fit weights on"),
     ],
 )
 def test_bad_ensembles_are_one_line_errors(tmp_path, runs, case, expected, capsys):
@@ -208,6 +215,10 @@ def test_bad_ensembles_are_one_line_errors(tmp_path, runs, case, expected, capsy
         members[1] = str(_edited_copy(tmp_path, runs[1], "x", _relabel))
     elif case == "other split":
         members[1] = str(_edited_copy(tmp_path, runs[1], "x", _reseed))
+    elif case == "no validation split":
+        members = [
+            str(_edited_copy(tmp_path, run, f"x{i}", _no_validation)) for i, run in enumerate(runs[:2])
+        ]
     else:
         out.mkdir()
         (out / "keep.txt").write_text("mine")

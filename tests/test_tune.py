@@ -187,3 +187,24 @@ def test_the_example_space_is_valid():
     tune.check_space(cfg, params, cfg.train.metric, str(path))
     assert {p.key: p.kind for p in params}["method.lora_r"] == "categorical"
     assert "tune" not in yaml.safe_load(config.dump(config.from_dict(tune.trial_values(cfg, "accuracy", {}))))
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+def test_tune_an_sft_config_by_validation_loss(tmp_path, tiny_model_dir):
+    from tests.test_smoke_sft import chat_rows, sft_config, write_jsonl
+
+    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows())
+    cfg = sft_config(
+        tiny_model_dir,
+        {"train_file": str(data)},
+        tune={"space": {"train.lr": {"low": 1e-4, "high": 1e-2, "log": True}}, "pruner": "none"},
+    )
+    out = tmp_path / "tune"
+    main(["tune", str(write_config(tmp_path / "cfg.yaml", cfg)), "--trials", "2", "--out", str(out)])
+    rows = list(csv.DictReader((out / "summary.csv").open(encoding="utf-8")))
+    assert [r["state"] for r in rows] == ["complete", "complete"]
+    losses = {int(r["trial"]): float(r["validation_loss"]) for r in rows}
+    assert json.loads((out / "best.json").read_text())["trial"] == min(losses, key=losses.get), (
+        "loss is minimised"
+    )
+    assert config.load(out / "best.yaml").task == "sft"
