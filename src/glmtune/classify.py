@@ -25,6 +25,7 @@ class LoadedRun:
     classifier: torch.nn.Module
     tokenizer: Any
     labels: list[str]
+    prompt: Any = None  # a prompt run's data.prompt.Prompt (template, label words, demonstrations)
 
 
 def load_run(path: str | Path) -> LoadedRun:
@@ -38,9 +39,17 @@ def load_run(path: str | Path) -> LoadedRun:
     labels = read_json(run.labels)
     # Built as in training (a P-tuning prefix must exist before its weights load back).
     overrides = methods.config_overrides(cfg.method, load_config(cfg.model))
-    classifier, tokenizer = load_classifier(cfg.model, len(labels), config_overrides=overrides)
+    prompt = None
+    if cfg.prompt.template is not None:  # classification through a prompt: the LM's own head scores labels
+        from glmtune.data.prompt import Prompt
+        from glmtune.models.verbalizer import load_prompt_classifier
+
+        prompt = Prompt.from_json(read_json(run.prompt))
+        classifier, tokenizer = load_prompt_classifier(cfg.model, prompt, config_overrides=overrides)
+    else:
+        classifier, tokenizer = load_classifier(cfg.model, len(labels), config_overrides=overrides)
     methods.load(classifier, cfg.method, run)
-    return LoadedRun(run, cfg, classifier, tokenizer, labels)
+    return LoadedRun(run, cfg, classifier, tokenizer, labels, prompt)
 
 
 def _autocast(cfg: Config):
@@ -52,14 +61,29 @@ def _autocast(cfg: Config):
     return nullcontext()
 
 
-@torch.no_grad()
+def encode(loaded: LoadedRun | Any, tokenizer: Any, examples: list[Any], max_seq_len: int) -> Any:
+    """Examples → a ClassificationDataset: plain texts for a head, or prompts for a prompt run (``loaded.prompt``)."""
+    from glmtune.data import encode_examples
+    from glmtune.data.prompt import encode_prompt_examples
+
+    if loaded.prompt is not None:
+        return encode_prompt_examples(tokenizer, examples, loaded.prompt, max_seq_len)
+    return encode_examples(tokenizer, examples, max_seq_len)
+
+
 def predict_texts(loaded: LoadedRun, texts: list[str], batch_size: int | None = None) -> torch.Tensor:
     """Class probabilities [n, num_labels] for raw texts, in input order."""
-    from glmtune.data import Example, encode_examples, make_loader
+    return predict_logits(loaded, texts, batch_size).float().softmax(-1)
+
+
+@torch.no_grad()
+def predict_logits(loaded: LoadedRun, texts: list[str], batch_size: int | None = None) -> torch.Tensor:
+    """Class logits [n, num_labels] (fp32, on the CPU) for raw texts, in input order, on the model's device."""
+    from glmtune.data import Example, make_loader
 
     cfg = loaded.cfg
     examples = [Example(text=t, label=0, line=i + 1, source="input") for i, t in enumerate(texts)]
-    dataset = encode_examples(loaded.tokenizer, examples, cfg.train.max_seq_len)
+    dataset = encode(loaded, loaded.tokenizer, examples, cfg.train.max_seq_len)
     loader = make_loader(
         dataset,
         batch_size or cfg.eval.batch_size,
@@ -68,12 +92,15 @@ def predict_texts(loaded: LoadedRun, texts: list[str], batch_size: int | None = 
         group_by_length=True,
         pad_id=loaded.tokenizer.pad_token_id,
     )
-    probs = torch.zeros(len(texts), len(loaded.labels))
+    device = next(loaded.classifier.parameters()).device
+    result = torch.zeros(len(texts), len(loaded.labels))
     for batch in loader:
         with _autocast(cfg):
-            logits = loaded.classifier(batch["input_ids"], batch["attention_mask"])  # [batch, num_labels]
-        probs[batch["index"]] = logits.float().softmax(-1)
-    return probs
+            logits = loaded.classifier(
+                batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            )  # [batch, num_labels]
+        result[batch["index"]] = logits.float().cpu()
+    return result
 
 
 def prediction(probs_row: torch.Tensor, labels: list[str]) -> dict[str, Any]:

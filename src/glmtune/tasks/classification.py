@@ -65,6 +65,12 @@ class Classification:
         self.dataset.train = augment_examples(self.dataset.train, self.cfg.data.augment, self.cfg.train.seed)
         self.labels = self.dataset.labels
         self.splits = {name: getattr(self.dataset, name) for name in ("train", "validation", "test")}
+        self.prompt = None  # classification through a prompt (cfg.prompt): the LM's head scores label words
+        self.teacher_logp = None  # method.distill: the teacher's log-probabilities of the training split
+        if self.cfg.prompt.template is not None:
+            from glmtune.data.prompt import Prompt
+
+            self.prompt = Prompt.build(self.cfg.prompt, self.labels, self.splits["train"], self.cfg.data.seed)
 
     # 2. model
     def build_model(self) -> tuple[torch.nn.Module, Any]:
@@ -73,20 +79,32 @@ class Classification:
 
         cfg = self.cfg
         overrides = methods.config_overrides(cfg.method, load_config(cfg.model))  # e.g. P-tuning's prefix
+        if self.prompt is not None:
+            from glmtune.models.verbalizer import load_prompt_classifier
+
+            return load_prompt_classifier(
+                cfg.model, self.prompt, dropout=cfg.train.dropout, config_overrides=overrides
+            )
         return load_classifier(
             cfg.model, len(self.labels), dropout=cfg.train.dropout, config_overrides=overrides
         )
 
     # 3. batches: tokenised once, length-grouped, padded per batch
     def make_loaders(self, tokenizer: Any, model: torch.nn.Module) -> dict[str, Any]:
+        from glmtune import classify
         from glmtune import data as data_mod
 
         cfg, train = self.cfg, self.cfg.train
         pad_id = tokenizer.pad_token_id
         encoded = {
-            name: data_mod.encode_examples(tokenizer, examples, train.max_seq_len)
+            name: classify.encode(self, tokenizer, examples, train.max_seq_len)
             for name, examples in self.splits.items()
         }
+        if cfg.method.distill.teacher is not None:  # soft labels once, before the run folder exists
+            from glmtune import distill
+
+            texts = [example.text for example in self.splits["train"]]
+            self.teacher_logp = distill.teacher_log_probs(cfg, texts, self.labels)
         self.truncated = {name: ds.num_truncated for name, ds in encoded.items() if ds.num_truncated}
         return {
             "train": data_mod.make_loader(
@@ -116,6 +134,10 @@ class Classification:
             lines.append(
                 f"cut to train.max_seq_len={self.cfg.train.max_seq_len} tokens: {self.truncated} examples per split"
             )
+        if self.prompt is not None:
+            lines.append(f"prompt ({len(self.prompt.demonstrations)}-shot): {self.prompt.render('{text}')!r}")
+        if self.teacher_logp is not None:
+            lines.append(f"distilling from {self.cfg.method.distill.teacher}")
         sizes = " / ".join(f"{len(self.splits[n])} {n}" for n in ("train", "validation", "test"))
         return lines + [f"{sizes} examples"]
 
@@ -136,6 +158,12 @@ class Classification:
             with accelerator.autocast():
                 logits_b = model(batch["input_ids"], batch["attention_mask"])  # [batch, num_labels]
             loss = rdrop_loss(logits, logits_b, batch["labels"], train.rdrop_alpha, train.label_smoothing)
+        if self.teacher_logp is not None:
+            from glmtune import distill
+
+            teacher = self.teacher_logp.to(logits.device)[batch["index"]]  # [batch, num_labels]
+            kd = self.cfg.method.distill
+            loss = distill.classification_loss(logits, teacher, batch["labels"], kd.temperature, kd.alpha)
         return loss, int(batch["attention_mask"].sum())
 
     # 5. evaluation
@@ -152,6 +180,8 @@ class Classification:
     def write_start(self, run: RunDir) -> None:
         atomic_write_json(run.labels, self.labels)
         atomic_write_json(run.path / "data_summary.json", self.dataset.summary())
+        if self.prompt is not None:
+            atomic_write_json(run.prompt, self.prompt.to_json())
 
     def write_outputs(self, run: RunDir, results: dict[str, Any]) -> None:
         from glmtune import evaluate

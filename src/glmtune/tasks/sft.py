@@ -55,6 +55,7 @@ class SFT:
         self.cfg = cfg
         self.loaders: dict[str, Any] = {}
         self.rows: dict[str, list[dict[str, Any]]] = {}
+        self.teacher: Any = None  # method.distill: the teacher run (distill.LMTeacher), set with the loaders
         self.generation_metric = cfg.train.metric not in LOSS_METRICS
         self.logged = LOSS_METRICS + ((cfg.train.metric,) if self.generation_metric else ())
 
@@ -100,12 +101,23 @@ class SFT:
         from glmtune.data.sft import make_sft_loader
 
         cfg, train = self.cfg, self.cfg.train
+        if cfg.data.packing and cfg.method.name in methods.PROMPT_LEARNING:
+            raise UserError(
+                f"method {cfg.method.name} puts virtual tokens before each row (peft ignores packed position ids)",
+                field="data.packing",
+                expected="false with prompt_tuning / p_tuning",
+            )
         if cfg.data.packing and not packing_supported(model.backbone):
             raise UserError(
                 f"model type '{getattr(model.config, 'model_type', '?')}' does not keep packed examples apart",
                 field="data.packing",
                 expected="false for this model",
             )
+        self.teacher = None
+        if cfg.method.distill.teacher is not None:  # token-level KD: the teacher scores every batch
+            from glmtune.distill import LMTeacher
+
+            self.teacher = LMTeacher(cfg, tokenizer)
         pad_id = pad_token_id(tokenizer)
         loaders = {
             "train": make_sft_loader(
@@ -125,6 +137,8 @@ class SFT:
     def describe(self) -> list[str]:
         cut = {n: c for n, c in self.counts.items() if any(c)}
         lines = [f"template {self.format.name} · stop ids {self.format.stop_ids()}"]
+        if self.teacher is not None:
+            lines.append(f"distilling from {self.cfg.method.distill.teacher} (token-level KL)")
         if cut:
             lines.append(
                 f"(truncated, dropped) at train.max_seq_len={self.cfg.train.max_seq_len}: {cut} per split"
@@ -142,9 +156,16 @@ class SFT:
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "index", "num_tokens")}
         with accelerator.autocast():
             logits = model(**inputs).logits  # [batch, seq, vocab]
-        smoothing = self.cfg.train.label_smoothing
-        sums, counts = token_losses(logits, batch["labels"], smoothing)  # [batch], [batch]
-        loss = sums.sum() / counts.sum().clamp(min=1)
+        if self.teacher is not None:
+            from glmtune import distill
+
+            kd = self.cfg.method.distill
+            teacher = self.teacher.logits(inputs, accelerator)  # [batch, seq, vocab]
+            loss = distill.token_loss(logits, teacher, batch["labels"], kd.temperature, kd.alpha)
+        else:
+            smoothing = self.cfg.train.label_smoothing
+            sums, counts = token_losses(logits, batch["labels"], smoothing)  # [batch], [batch]
+            loss = sums.sum() / counts.sum().clamp(min=1)
         tokens = batch["num_tokens"].sum() if "num_tokens" in batch else batch["attention_mask"].sum()
         return loss, int(tokens)
 
