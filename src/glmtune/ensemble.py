@@ -63,7 +63,8 @@ def load_members(paths: list[str | Path]) -> list[Member]:
     members = []
     for path in paths:
         run = RunDir(path)
-        info = run.check(need_weights=True)
+        # Prediction files suffice (a zero-shot prompt run has no weights); load_run checks a run that must predict.
+        info = run.check(need_weights=False)
         resolved = run.path.resolve()
         if resolved in seen:
             raise UserError(f"the same run as {seen[resolved]}", file=str(path), expected="distinct runs")
@@ -74,6 +75,8 @@ def load_members(paths: list[str | Path]) -> list[Member]:
                 file=str(path),
                 expected="classification runs (ensembles vote on labels)",
             )
+        if not run.labels.is_file():
+            raise UserError("no labels.json (did training finish?)", file=str(path))
         members.append(Member(run, config_mod.load(run.config), read_json(run.labels)))
     first = members[0]
     for member in members[1:]:
