@@ -98,6 +98,11 @@ def test_soft_prompts_with_the_classification_head(tmp_path, tiny_model_dir, sen
     head = load_file(str(run / "head.safetensors"))
     assert head["weight"].abs().sum() > 0, "the head trains next to the soft prompt"
     assert_predict_reproduces(run, capsys)
+    # Virtual tokens are no weights a plain model folder could hold: export refuses in one line.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(run), "--merge", "--out", str(tmp_path / "export")])
+    assert exit_info.value.code == 2 and "cannot be exported" in capsys.readouterr().err
+    assert not (tmp_path / "export").exists()
 
 
 @pytest.mark.usefixtures("reset_accelerate")

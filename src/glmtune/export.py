@@ -94,9 +94,26 @@ def _load_run(run_dir: Path) -> Any:
     from glmtune.runs import RunDir
 
     info = RunDir(run_dir).check(need_weights=True)
+    _check_exportable(RunDir(run_dir))
     if info.get("task", "classification") == "sft":
         return replies.load_run(run_dir)
     return classify.load_run(run_dir)
+
+
+def _check_exportable(run: Any) -> None:
+    """Soft prompts (peft virtual tokens) and prompt classification (a template + label words around the LM) are
+    not weights a plain model folder can hold: refused before anything loads."""
+    from glmtune import config as config_mod
+    from glmtune.methods import PROMPT_LEARNING
+
+    cfg = config_mod.load(run.config)
+    if cfg.method.name in PROMPT_LEARNING or cfg.prompt.template is not None:
+        what = f"method {cfg.method.name}" if cfg.method.name in PROMPT_LEARNING else "prompt classification"
+        raise UserError(
+            f"a {what} run cannot be exported as a standalone model (nothing to merge into the weights)",
+            file=str(run.path),
+            expected="glmtune predict/eval RUN_DIR, which use the run folder directly",
+        )
 
 
 def _holder(loaded: Any) -> Any:
