@@ -24,7 +24,8 @@ from glmtune.runs import RunDir, atomic_dir, atomic_write_json, read_json
 METHODS = ("vote", "mean", "weighted")
 SPLITS = ("validation", "test")
 # The data settings that decide the validation and test splits (data.classification): members must agree on
-# all of them. Training-only settings (max_train_samples, augmentation, ...) may differ between members.
+# all of them. Training-only settings (max_train_samples, augmentation, ...) may differ between members;
+# data.labels may too, as long as labels.json (the label order the probabilities follow) is the same.
 SPLIT_KEYS = (
     "dataset",
     "train_file",
@@ -32,7 +33,6 @@ SPLIT_KEYS = (
     "test_file",
     "text_column",
     "label_column",
-    "labels",
     "validation_size",
     "test_size",
     "max_eval_samples",
