@@ -172,3 +172,36 @@ def test_chatglm3_ptuning_composes_with_every_technique(tmp_path, chatglm3_dir, 
     assert json.loads((run / "metrics.json").read_text())["steps"] == 2
     body = load_file(str(run / "body.safetensors"))
     assert body and all("prefix_encoder" in k for k in body), "only the prefix trained; embeddings untouched"
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+def test_resume_with_techniques_gives_the_same_run(tmp_path, tiny_model_dir, sentiment_file):
+    """Augmentation (seeded), FGM and R-Drop (dropout draws from the RNG) resume to the same metrics."""
+    import shutil
+
+    from glmtune.cli import main
+
+    cfg = tiny_config(
+        tiny_model_dir,
+        sentiment_file,
+        data={"augment": {"n_aug": 1, "swap_prob": 0.2}},
+        method={"name": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.1},
+        train={
+            "max_steps": 4,
+            "save_steps": 2,
+            "eval_steps": 2,
+            "save_total_limit": 3,
+            "rdrop_alpha": 1.0,
+            "adversarial": {"name": "fgm"},
+        },
+    )
+    straight = train(tmp_path, cfg)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-0000004")  # as if killed between steps 2 and 4
+    (resumed / "metrics.json").unlink()
+    main(["train", "--resume", str(resumed)])
+    a = json.loads((straight / "metrics.json").read_text())
+    b = json.loads((resumed / "metrics.json").read_text())
+    assert a["test"]["loss"] == pytest.approx(b["test"]["loss"], rel=1e-6)
+    assert a["best_step"] == b["best_step"] and a["test"]["accuracy"] == b["test"]["accuracy"]
