@@ -208,3 +208,26 @@ def test_tune_an_sft_config_by_validation_loss(tmp_path, tiny_model_dir):
         "loss is minimised"
     )
     assert config.load(out / "best.yaml").task == "sft"
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+def test_a_trial_out_of_memory_fails_alone(tmp_path, tiny_model_dir, sentiment_file, monkeypatch):
+    import torch
+
+    from glmtune import train
+
+    real_run, calls = train.run, []
+
+    def first_runs_out_of_memory(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(train, "run", first_runs_out_of_memory)
+    cfg = tiny_config(tiny_model_dir, sentiment_file, tune={"space": {"method.lora_r": [2, 4]}})
+    out = tmp_path / "tune"
+    main(["tune", str(write_config(tmp_path / "cfg.yaml", cfg)), "--trials", "2", "--out", str(out)])
+    rows = list(csv.DictReader((out / "summary.csv").open(encoding="utf-8")))
+    assert [r["state"] for r in rows] == ["fail", "complete"]
+    assert json.loads((out / "best.json").read_text())["trial"] == 1

@@ -169,7 +169,9 @@ def check_space(base: Config, params: list[Param], metric: str, source: str) -> 
             except UserError as error:
                 detail = str(error).removeprefix(f"{error.file}: ") if error.file else str(error)
                 raise UserError(
-                    f"{value!r} makes an invalid config: {detail}", file=source, field=f"tune.space.{param.key}"
+                    f"{value!r} makes an invalid config: {detail}",
+                    file=source,
+                    field=f"tune.space.{param.key}",
                 ) from None
 
 
@@ -376,9 +378,12 @@ def run(
     print(
         f"tuning {len(params)} keys to {direction} validation {metric}: {max(total - done, 0)} trials to run"
     )
+    import torch
+
     study.optimize(
         _objective(cfg, params, metric, out, source),
         n_trials=max(total - done, 0),
+        catch=(torch.OutOfMemoryError,),  # a trial too big for the device fails alone; the search goes on
         callbacks=[lambda study, _trial: write_outputs(study, params, metric, out)],
     )
     _reset_process_state()
