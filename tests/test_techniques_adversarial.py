@@ -205,3 +205,31 @@ def test_resume_with_techniques_gives_the_same_run(tmp_path, tiny_model_dir, sen
     b = json.loads((resumed / "metrics.json").read_text())
     assert a["test"]["loss"] == pytest.approx(b["test"]["loss"], rel=1e-6)
     assert a["best_step"] == b["best_step"] and a["test"]["accuracy"] == b["test"]["accuracy"]
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+@pytest.mark.parametrize(
+    ("method", "prompt"),
+    [
+        ("lora", {"template": "这个{text}。真", "verbalizer": {"pos": "好", "neg": ["差", "坏"]}}),
+        ("prompt_tuning", None),  # peft soft prompt before the input, classification head
+    ],
+)
+def test_prompt_methods_compose_with_the_techniques(tmp_path, tiny_model_dir, sentiment_file, method, prompt):
+    sections = {"prompt": prompt} if prompt else {}
+    cfg = tiny_config(
+        tiny_model_dir,
+        sentiment_file,
+        method={"name": method, "num_virtual_tokens": 4},
+        data={"augment": {"n_aug": 1, "delete_prob": 0.2}},
+        train={
+            "adversarial": {"name": "fgm"},
+            "rdrop_alpha": 1.0,
+            "dropout": 0.1,
+            "label_smoothing": 0.1,
+            "layer_lr_decay": 0.8,
+        },
+        **sections,
+    )
+    run = train(tmp_path, cfg)
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 2
