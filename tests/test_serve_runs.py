@@ -19,6 +19,7 @@ import yaml
 from glmtune.cli import main
 from tests.conftest import tiny_config, write_jsonl
 from tests.test_chatglm3_methods import chatglm3_dir  # noqa: F401 (the tiny ChatGLM3 fixture)
+from tests.test_chatglm3_sft import WEATHER
 from tests.test_serve import client, running
 from tests.test_smoke_sft import chat_rows, sft_config
 
@@ -128,15 +129,6 @@ def test_classify_endpoint(runs, served):
 
 # =========================================================================== ChatGLM3: tools
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather of a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
-
 
 @pytest.fixture(scope="module")
 def chatglm3(chatglm3_dir):  # noqa: F811 (the tiny random ChatGLM3; skips without ../shared/chatglm3)
@@ -167,6 +159,8 @@ def test_chatglm3_tools_render_into_the_prompt_and_calls_come_back_as_tool_calls
     with running(create_app(chatglm3)) as url:
         api = client(url)
         plain = api.chat.completions.create(model=model.name, messages=history, max_tokens=4)
+        streamed = api.chat.completions.create(model=model.name, messages=history, max_tokens=4, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in streamed) == plain.choices[0].message.content
         tooled = api.chat.completions.create(
             model=model.name, messages=history, tools=[WEATHER], max_tokens=4
         )

@@ -241,10 +241,16 @@ class _Handlers:
             return _sse(p.ChatCompletionChunk(id=ident, created=created, model=model.name, choices=[choice]))
 
         yield chunk(p.ChunkDelta(role="assistant", content=""))
+        raw = shown = ""
         async for kind, value in self._events(job):
             # With tools the reply may turn out to be a call: it is sent whole at the end.
             if kind == "text" and not use_tools:
-                yield chunk(p.ChunkDelta(content=value))
+                # The same text as the non-streamed reply: the text so far, read as a reply, minus what was sent.
+                raw += value
+                text = model.reply_text(raw)
+                if text.startswith(shown) and len(text) > len(shown):
+                    yield chunk(p.ChunkDelta(content=text[len(shown) :]))
+                    shown = text
             elif kind == "error":
                 yield value
                 return
@@ -253,8 +259,8 @@ class _Handlers:
                 if message.tool_calls:
                     calls = [{"index": i, **call.model_dump()} for i, call in enumerate(message.tool_calls)]
                     yield chunk(p.ChunkDelta(tool_calls=calls))
-                elif use_tools and message.content:
-                    yield chunk(p.ChunkDelta(content=message.content))
+                elif message.content and len(message.content) > len(shown):
+                    yield chunk(p.ChunkDelta(content=message.content[len(shown) :]))
                 yield chunk(p.ChunkDelta(), finish_reason)
                 if include_usage:
                     last = p.ChatCompletionChunk(id=ident, created=created, model=model.name, choices=[],
@@ -399,7 +405,7 @@ def _reply_message(model: ServedModel, result: Any, use_tools: bool) -> tuple[p.
             )
             return p.ResponseMessage(content=None, tool_calls=[call]), "tool_calls"
         return p.ResponseMessage(content=parsed.get("content", result.text)), result.finish_reason
-    return p.ResponseMessage(content=result.text), result.finish_reason
+    return p.ResponseMessage(content=model.reply_text(result.text)), result.finish_reason
 
 
 def _sse(payload: Any) -> str:

@@ -49,6 +49,11 @@ class ServedModel:
         """The template's reading of a reply: ``{"content"}`` or a tool call ``{"name", "parameters"}``."""
         return self.lm.format.parse_reply(text)
 
+    def reply_text(self, text: str) -> str:
+        """A reply's text as the client sees it. ChatGLM3 starts every reply with a metadata line (empty for a plain
+        reply): that leading newline is not part of the answer."""
+        return text.removeprefix("\n") if self.supports_tools else text
+
     @property
     def supports_tools(self) -> bool:
         """Whether replies can be read back as tool calls (ChatGLM3's format can; text templates cannot)."""
