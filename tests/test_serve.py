@@ -196,6 +196,57 @@ def test_concurrent_requests_share_batches_and_get_their_own_replies(url, served
     assert stats["batches"] - before < len(prompts), "concurrent requests were batched together"
 
 
+class Reader:
+    """A ``serve.rows.Row`` that keeps what it is sent; ``cancel_after`` tokens' worth of text, it leaves."""
+
+    def __init__(self, request, cancel_after: int | None = None):
+        self.request, self.wants_text, self.cancel_after = request, True, cancel_after
+        self.pieces, self.result, self.error = [], None, None
+
+    def emit_text(self, text):
+        self.pieces.append(text)
+
+    def emit_done(self, result):
+        self.result = result
+
+    def emit_error(self, error):
+        self.error = error
+
+    def is_cancelled(self):
+        return self.cancel_after is not None and len(self.pieces) >= self.cancel_after
+
+
+def test_rows_of_one_batch_each_get_what_they_would_alone(served, name):
+    """serve.rows against generate.generate: per-row max_tokens, stop ids, seeds and cancellation in one batch."""
+    from glmtune.generate import GenerationConfig, generate
+    from glmtune.serve.rows import RowRequest, generate_rows
+
+    model = served[name]
+    tok, stop_ids = model.lm.tokenizer, model.stop_ids
+    ids = [tok(text)["input_ids"] for text in ("这个", "质量很差非常", "a", "物流")]
+    sampled = Reader(RowRequest(ids[3], 12, temperature=1.0, seed=7))
+    generate_rows(model.lm.model, tok, [sampled], stop_ids, model.pad_id)  # alone
+    stop_id = sampled.result.token_ids[4]  # a token the seeded row draws: as a stop id it ends the row there
+    stop_ids = [*stop_ids, stop_id]
+    readers = [
+        Reader(RowRequest(ids[0], 3)),
+        Reader(RowRequest(ids[1], 9)),
+        Reader(RowRequest(ids[2], 12), cancel_after=2),
+        Reader(RowRequest(ids[3], 12, temperature=1.0, seed=7)),
+    ]
+    generate_rows(model.lm.model, tok, readers, stop_ids, model.pad_id)
+    for reader, prompt, length in zip(readers[:2], ids, (3, 9)):
+        alone = generate(
+            model.lm.model, tok, [prompt], GenerationConfig(max_new_tokens=length, stop_ids=stop_ids)
+        )
+        assert reader.result.token_ids == alone[0].token_ids and reader.result.text == alone[0].text
+        assert "".join(reader.pieces) == reader.result.text
+    assert readers[2].result is None and readers[2].error is None, "a cancelled row gets nothing more"
+    first_stop = sampled.result.token_ids.index(stop_id)
+    assert readers[3].result.token_ids == sampled.result.token_ids[: first_stop + 1]
+    assert readers[3].result.finish_reason == "stop"
+
+
 # =========================================================================== errors through the openai client
 
 

@@ -133,12 +133,16 @@ class _RowTracker(StoppingCriteria):
             if row.is_cancelled():
                 self.done[index] = True
                 continue
-            request = row.request
-            result = finish(
-                self.tokenizer, self.tokens[index], self.stop_ids, request.stop, request.max_new_tokens
-            )
-            if result.finish_reason == "stop" or len(self.tokens[index]) >= request.max_new_tokens:
-                self.complete(index, result)
+            request, tokens = row.request, self.tokens[index]
+            # Decoding every row at every step costs O(length) each time: only when a stop string may end it.
+            ended = newest[index] in self.stop_ids or len(tokens) >= request.max_new_tokens
+            if not ended and request.stop:
+                text = self.tokenizer.decode(
+                    tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
+                )
+                ended = any(stop in text for stop in request.stop)
+            if ended:
+                self.complete(index)
             elif row.wants_text:
                 self._show(
                     index, visible_text(self.tokenizer, self.tokens[index], self.stop_ids, request.stop)
@@ -151,17 +155,16 @@ class _RowTracker(StoppingCriteria):
             self.rows[index].emit_text(visible[len(shown) :])
             self.shown[index] = visible
 
-    def complete(self, index: int, result: Generated | None = None) -> None:
-        """End row ``index``: the rest of its text, then its result (by default: what it has so far)."""
+    def complete(self, index: int) -> None:
+        """End row ``index``: the rest of its text, then its result (``generate.finish`` of what it has)."""
         if self.done[index]:
             return
         self.done[index] = True
         row = self.rows[index]
-        if result is None:
-            request = row.request
-            result = finish(
-                self.tokenizer, self.tokens[index], self.stop_ids, request.stop, request.max_new_tokens
-            )
+        request = row.request
+        result = finish(
+            self.tokenizer, self.tokens[index], self.stop_ids, request.stop, request.max_new_tokens
+        )
         if row.wants_text:
             self._show(index, result.text)
         row.emit_done(result)
