@@ -96,6 +96,7 @@ class Classification:
 
         cfg, train = self.cfg, self.cfg.train
         pad_id = tokenizer.pad_token_id
+        self.tokenizer = tokenizer
         encoded = {
             name: classify.encode(self, tokenizer, examples, train.max_seq_len)
             for name, examples in self.splits.items()
@@ -136,6 +137,10 @@ class Classification:
             )
         if self.prompt is not None:
             lines.append(f"prompt ({len(self.prompt.demonstrations)}-shot): {self.prompt.render('{text}')!r}")
+            # Words of one token are scored in one forward pass; longer ones cost a pass per word (see README).
+            lengths = [len(ids) for label in self.prompt.candidates(self.tokenizer) for ids in label]
+            passes = 1 if max(lengths) == 1 else len(lengths)
+            lines.append(f"{len(lengths)} label words, tokens {lengths}: {passes} forward pass(es) per text")
         if self.teacher_logp is not None:
             lines.append(f"distilling from {self.cfg.method.distill.teacher}")
         sizes = " / ".join(f"{len(self.splits[n])} {n}" for n in ("train", "validation", "test"))
