@@ -216,7 +216,7 @@ def test_preview_for_sft(tmp_path, chat_file, capsys):  # noqa: F811
         (["data.augment.n_aug=-1"], "data.augment.n_aug"),
         (["data.augment.swap_prob=1.5"], "data.augment.swap_prob"),
         (["data.augment.language=fr"], "data.augment.language"),
-        (["data.augment.back_translation=nocolon"], "data.augment.back_translation"),
+        (["data.augment.back_translation_prompts=[no placeholder]"], "data.augment.back_translation_prompts"),
         (["data.augment.n_aug=1", "data.augment.synonym_prob=0", "data.augment.delete_prob=0"], "n_aug"),
         (["data.augment.nope=1"], "data.augment"),
     ],
@@ -253,3 +253,54 @@ def test_two_step_sft_run_with_augmentation(tmp_path, tiny_model_dir):
     )
     run = train_sft(tmp_path, cfg)
     assert json.loads((run / "data_summary.json").read_text())["train"]["total"] > 28
+
+
+def test_back_translation_through_a_model_chains_the_prompts(monkeypatch):
+    """A model folder: every text goes through each prompt in turn; the answer to one is the next's input."""
+    from glmtune import backtranslate, replies
+
+    seen = []
+
+    def fake_reply_all(loaded, conversations, **_):
+        prompts = [c.messages[-1].content for c in conversations]
+        seen.append(prompts)
+        return [{"output": f" <{p}> "} for p in prompts]
+
+    monkeypatch.setattr(replies, "load", lambda path: _Loaded())
+    monkeypatch.setattr(replies, "reply_all", fake_reply_all)
+    cfg = AugmentConfig(back_translation="some-model", back_translation_prompts=["EN {text}", "ZH {text}"])
+    assert isinstance(augment.back_translator(cfg), backtranslate.ModelTranslator)
+    assert augment.augment_texts(["好", "差"], cfg, seed=0) == [["<ZH <EN 好>>"], ["<ZH <EN 差>>"]]
+    assert seen == [["EN 好", "EN 差"], ["ZH <EN 好>", "ZH <EN 差>"]]
+
+
+class _Loaded:
+    """What ModelTranslator touches of replies.LoadedLM: the config it makes greedy and long enough."""
+
+    def __init__(self):
+        self.cfg = config.load(None, ["task=sft"])
+
+
+def test_back_translation_with_a_missing_model_is_a_user_error():
+    cfg = AugmentConfig(back_translation="/no/such/model-folder")
+    with pytest.raises(UserError, match="data.augment.back_translation"):
+        augment.augment_texts(["好"], cfg, seed=0)
+
+
+def test_back_translation_with_a_chat_model_folder(tmp_path, tiny_model_dir):
+    """End to end through glmtune.replies: a (tiny, random) chat model folder generates the copies, greedily."""
+    import shutil
+
+    model = tmp_path / "mt"
+    shutil.copytree(tiny_model_dir, model)
+    tokenizer_config = json.loads((model / "tokenizer_config.json").read_text(encoding="utf-8"))
+    tokenizer_config["chat_template"] = (
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}。{% endif %}"
+    )
+    (model / "tokenizer_config.json").write_text(json.dumps(tokenizer_config), encoding="utf-8")
+
+    texts = ["这个好", "很差"]
+    cfg = AugmentConfig(back_translation=str(model), back_translation_prompts=["{text}", "{text}"])
+    copies = augment.augment_texts(texts, cfg, seed=0)
+    assert len(copies) == 2 and all(isinstance(c, str) for cs in copies for c in cs)
+    assert copies == augment.augment_texts(texts, cfg, seed=0), "greedy: the same copies every time"

@@ -108,7 +108,10 @@ class AugmentConfig:
     delete_prob: float = 0.1  # delete a word (never every word)
     char_noise_prob: float = 0.0  # per letter/digit: drop, double or swap with the next character
     synonyms_file: str | None = None  # extra synonym groups: one group per line, words separated by spaces
-    back_translation: str | None = None  # "module:function" mapping a list of texts to paraphrases (+1 copy)
+    back_translation: str | None = None  # "module:function" (texts → paraphrases) or a model folder: +1 copy
+    back_translation_prompts: list[str] = field(
+        default_factory=lambda: ["Translate into English:\n{text}", "翻译成中文：\n{text}"]
+    )  # with a model: each text goes through these user prompts in turn; the last answer is the copy
 
     def __post_init__(self) -> None:
         _positive(self.n_aug, "data.augment.n_aug", allow_zero=True)
@@ -117,11 +120,18 @@ class AugmentConfig:
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise UserError(f"got {value}", field=f"data.augment.{name}", expected="0 <= p <= 1")
-        if self.back_translation is not None and ":" not in self.back_translation:
+        if self.back_translation is not None and not self.back_translation.strip():
             raise UserError(
-                f"got {self.back_translation!r}",
+                "empty",
                 field="data.augment.back_translation",
-                expected="module:function, e.g. mytranslate:paraphrase",
+                expected="module:function, or a model/run folder",
+            )
+        prompts = self.back_translation_prompts
+        if not prompts or any(p.count("{text}") != 1 for p in prompts):
+            raise UserError(
+                f"got {self.back_translation_prompts!r}",
+                field="data.augment.back_translation_prompts",
+                expected="a list of prompts, each with {text} once",
             )
         probs = (self.synonym_prob, self.insert_prob, self.swap_prob, self.delete_prob, self.char_noise_prob)
         if self.n_aug and not any(probs):
@@ -300,7 +310,9 @@ class TrainConfig:
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise UserError(f"got {self.dropout}", field="train.dropout", expected="0 <= p < 1")
         if not 0 <= self.label_smoothing < 1:
-            raise UserError(f"got {self.label_smoothing}", field="train.label_smoothing", expected="0 <= e < 1")
+            raise UserError(
+                f"got {self.label_smoothing}", field="train.label_smoothing", expected="0 <= e < 1"
+            )
         _positive(self.rdrop_alpha, "train.rdrop_alpha", allow_zero=True)
         if not 0 < self.layer_lr_decay <= 1:
             raise UserError(f"got {self.layer_lr_decay}", field="train.layer_lr_decay", expected="0 < d <= 1")

@@ -208,10 +208,17 @@ def augment_text(text: str, cfg: AugmentConfig, rng: random.Random) -> str:
     return out
 
 
-def back_translator(spec: str) -> Callable[[list[str]], list[str]]:
-    """The user's back-translation callable from ``"package.module:function"`` (texts → paraphrased texts)."""
-    module_name, _, attr = spec.partition(":")
+def back_translator(cfg: AugmentConfig) -> Callable[[list[str]], list[str]]:
+    """The back-translation callable of ``cfg.back_translation``: the user's ``"package.module:function"``
+    (texts → paraphrased texts), or, for a model folder, run folder or built-in model name, a
+    ``glmtune.backtranslate.ModelTranslator`` through ``cfg.back_translation_prompts`` (loaded by name, like a
+    user's hook: the data layer does not import the generation stack)."""
+    spec = cfg.back_translation or ""
     field = "data.augment.back_translation"
+    if ":" not in spec or Path(spec).is_dir():
+        translator = importlib.import_module("glmtune.backtranslate").ModelTranslator
+        return translator(spec, cfg.back_translation_prompts)
+    module_name, _, attr = spec.partition(":")
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as error:
@@ -221,12 +228,12 @@ def back_translator(spec: str) -> Callable[[list[str]], list[str]]:
     return fn
 
 
-def _back_translate(texts: list[str], spec: str) -> list[str]:
-    out = back_translator(spec)(list(texts))
+def _back_translate(texts: list[str], cfg: AugmentConfig) -> list[str]:
+    out = back_translator(cfg)(list(texts))
     if not isinstance(out, list) or len(out) != len(texts) or not all(isinstance(t, str) for t in out):
         raise UserError(
-            f"{spec!r} returned {type(out).__name__} of {len(out) if hasattr(out, '__len__') else '?'} items "
-            f"for {len(texts)} texts",
+            f"{cfg.back_translation!r} returned {type(out).__name__} of "
+            f"{len(out) if hasattr(out, '__len__') else '?'} items for {len(texts)} texts",
             field="data.augment.back_translation",
             expected="a list of strings, one per input text",
         )
@@ -236,7 +243,7 @@ def _back_translate(texts: list[str], spec: str) -> list[str]:
 def augment_texts(texts: Sequence[str], cfg: AugmentConfig, seed: int) -> list[list[str]]:
     """For each text, its augmented copies (``n_aug`` word/char-level ones, then one back-translation),
     without copies equal to the text itself or to an earlier copy."""
-    translated = _back_translate(list(texts), cfg.back_translation) if cfg.back_translation else None
+    translated = _back_translate(list(texts), cfg) if cfg.back_translation else None
     result = []
     for i, text in enumerate(texts):
         copies = [augment_text(text, cfg, random.Random(f"{seed}:{i}:{k}")) for k in range(cfg.n_aug)]
