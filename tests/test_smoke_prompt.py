@@ -134,3 +134,39 @@ def test_packing_is_refused_with_soft_prompts(tmp_path, tiny_model_dir, chat_fil
     assert exit_info.value.code == 2
     assert "data.packing" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+def test_resumed_p_tuning_prompt_run_ends_like_an_uninterrupted_one(tmp_path, tiny_model_dir, sentiment_file):
+    """The checkpoint holds P-tuning's encoder (the adapter folder only its output): resume continues from it."""
+    import shutil
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    cfg = tiny_config(
+        tiny_model_dir,
+        sentiment_file,
+        prompt=PROMPT,
+        method={"name": "p_tuning", "num_virtual_tokens": 4},
+        train={"max_steps": 4, "save_steps": 2, "eval_steps": 2},
+    )
+    straight = train(tmp_path, cfg)
+    killed = tmp_path / "killed"
+    shutil.copytree(straight, killed)
+    shutil.rmtree(killed / "checkpoints" / "step-0000004")
+    for name in ("metrics.json", "predictions.jsonl"):  # the adapter stays: the best so far may be step 2's
+        (killed / name).unlink()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    main(["train", "--resume", str(killed)])
+    a, b = (json.loads((run / "metrics.json").read_text()) for run in (straight, killed))
+    assert a == b
+    assert (straight / "predictions.jsonl").read_text() == (killed / "predictions.jsonl").read_text()
+    # Step 4's validation used the resumed run's own weights (whichever step was best).
+    last = [
+        {k: v for k, v in row.items() if k != "time"}
+        for run in (straight, killed)
+        for row in read_jsonl(run / "log.jsonl")
+        if row.get("split") == "validation" and row["step"] == 4
+    ]
+    assert len(last) == 2 and last[0] == last[1]
