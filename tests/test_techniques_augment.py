@@ -60,6 +60,14 @@ def test_synonym_replacement_with_probability_one_replaces_every_known_word():
     assert out[1] in augment.synonym_table("en")["movie"] and out[3] in augment.synonym_table("en")["great"]
 
 
+def test_english_synonyms_keep_punctuation_and_capitals():
+    rng = random.Random(0)
+    out = augment.replace_synonyms(["Great,", "movie!"], 1.0, augment.synonym_table("en"), rng)
+    great = {w.capitalize() + "," for w in augment.synonym_table("en")["great"]}
+    movie = {w + "!" for w in augment.synonym_table("en")["movie"]}
+    assert out[0] in great and out[1] in movie
+
+
 def test_swap_keeps_the_words_and_delete_never_empties():
     rng = random.Random(0)
     words = "a b c d e f".split()

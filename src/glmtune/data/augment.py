@@ -33,6 +33,7 @@ from glmtune.errors import UserError
 
 ENGLISH_SYNONYMS = Path(__file__).with_name("synonyms_en.txt")
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_AFFIXES = re.compile(r"(\W*)(.*?)(\W*)", re.DOTALL)  # punctuation around a whitespace-separated word
 T = TypeVar("T")
 
 
@@ -121,21 +122,35 @@ def _positions(words: list[str]) -> list[int]:
     return [i for i, w in enumerate(words) if _editable(w)]
 
 
+def _synonyms(word: str, table: dict) -> tuple[str, tuple[str, ...], str]:
+    """(leading punctuation, synonyms of the word's core, trailing punctuation): English words keep their
+    punctuation ("great," → "superb,") and are looked up lower-cased; the synonyms are () when none is known."""
+    if word in table:
+        return "", table[word], ""
+    lead, core, trail = _AFFIXES.fullmatch(word).groups()
+    options = table.get(core) or table.get(core.lower()) or ()
+    if core[:1].isupper():
+        options = tuple(o[:1].upper() + o[1:] for o in options)
+    return lead, options, trail
+
+
 def replace_synonyms(words: list[str], p: float, table: dict, rng: random.Random) -> list[str]:
     words = list(words)
     for i in _positions(words):
-        if rng.random() < p and words[i] in table:
-            words[i] = rng.choice(table[words[i]])
+        if rng.random() < p:
+            lead, options, trail = _synonyms(words[i], table)
+            if options:
+                words[i] = lead + rng.choice(options) + trail
     return words
 
 
 def insert_synonyms(words: list[str], p: float, table: dict, rng: random.Random) -> list[str]:
     words = list(words)
     for _ in range(sum(rng.random() < p for _ in _positions(words))):
-        candidates = [w for w in words if _editable(w) and w in table]
+        candidates = [options for w in words if _editable(w) and (options := _synonyms(w, table)[1])]
         if not candidates:
             break
-        new = rng.choice(table[rng.choice(candidates)])
+        new = rng.choice(rng.choice(candidates)).lower()
         at = rng.choice(_positions(words) + [len(words)])  # before any word, or at the end
         words.insert(at, new)
     return words
