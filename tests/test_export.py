@@ -14,6 +14,7 @@ import torch
 
 from glmtune.cli import main
 from tests.conftest import tiny_config
+from tests.test_chatglm3_methods import chatglm3_dir  # noqa: F401 (the tiny ChatGLM3 fixture)
 from tests.test_smoke_sft import chat_file, sft_config, train  # noqa: F401 (chat_file is a fixture)
 
 ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
@@ -141,7 +142,7 @@ def test_int8_sft_export_reloads_and_reports(tmp_path, tiny_model_dir, chat_file
     assert (out / "model.int8.safetensors").is_file() and not (out / "model.safetensors").exists()
     report = json.loads((out / "quantization.json").read_text())
     assert report["examples"] == 6 and report["speedup"] > 0
-    for key in ("loss", "rougeL_char", "bleu4", "seconds"):
+    for key in ("loss", "rougeL_char", "bleu4", "seconds", "forward_seconds"):
         assert key in report["fp32"] and key in report["int8"]
     assert abs(report["delta"]["loss"]) < 0.05, "int8 barely moves the loss"
     assert report["weights_mb"]["int8"] < report["weights_mb"]["fp32"]
@@ -249,3 +250,85 @@ def test_nothing_requested(tmp_path, fake_run, capsys):
     err = export_fails(str(fake_run), "--out", str(tmp_path / "out"), capsys=capsys)
     assert "--merge" in err
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- ChatGLM3 (glmtune's native class)
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+@pytest.mark.parametrize("method", [{"name": "lora", "lora_r": 4, "lora_alpha": 8}, {"name": "ptuning", "pre_seq_len": 4}],
+                         ids=["lora", "ptuning"])  # fmt: skip
+def test_chatglm3_export_loads_with_glmtune(tmp_path, chatglm3_dir, method):  # noqa: F811
+    """Merged LoRA, and a P-tuning prefix exported inside the model (config.json pre_seq_len): the same logits."""
+    import yaml
+
+    from glmtune import export, replies
+    from tests.conftest import write_jsonl
+    from tests.test_chatglm3_sft import tool_rows
+
+    data = write_jsonl(tmp_path / "tools.jsonl", tool_rows())
+    cfg = {
+        "task": "sft",
+        "model": {"name_or_path": str(chatglm3_dir)},
+        "data": {"train_file": str(data), "template": "chatglm3", "validation_size": 2, "test_size": 2},
+        "method": method,
+        "train": {"max_steps": 2, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "max_seq_len": 256,
+                  "mixed_precision": "no", "log_steps": 1},
+        "eval": {"batch_size": 2},
+        "generate": {"max_new_tokens": 4},
+    }  # fmt: skip
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    run = tmp_path / "run"
+    main(["train", str(cfg_path), "--output", str(run)])
+    out = tmp_path / "merged"
+    main(["export", str(run), "--out", str(out), "--merge"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "chatglm"
+    assert config.get("pre_seq_len") == (4 if method["name"] == "ptuning" else None)
+    notes = json.loads((out / "export.json").read_text())
+    assert notes["loads_with"].startswith("glmtune's native ChatGLM3")
+    assert "import glmtune.models.chatglm3" in (out / "README.md").read_text()
+    reference = replies.load_run(run)
+    ids = torch.tensor(
+        [[64790, 64792, 64795, 30910, 13, 34211, 64796]]
+    )  # [gMASK] sop <|user|> ... <|assistant|>
+    exported = export.load_export(out)
+    with torch.no_grad():
+        want = reference.model(input_ids=ids).logits
+        got = exported.model(input_ids=ids).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    assert exported.format.stop_ids() == reference.format.stop_ids()
+    # int8 through the native class too (the prefix embedding stays float): close to the fp32 logits.
+    main(["export", str(run), "--out", str(tmp_path / "int8"), "--quantize", "int8"])
+    with torch.no_grad():
+        got8 = export.load_export(tmp_path / "int8").model(input_ids=ids).logits
+    assert (got8 - want).abs().max() < 0.05 * want.abs().max()
+
+
+# --------------------------------------------------------------------------- chat templates as Jinja
+
+
+def test_builtin_templates_as_jinja_render_the_same():
+    """The exported chat_template renders every test conversation exactly like glmtune's own template."""
+    from glmtune.data.chat_jinja import to_jinja
+    from glmtune.data.templates import builtin_templates, resolve_template
+    from glmtune.errors import UserError
+    from tests.test_templates import MULTI, SINGLE, TOOLS, bpe_tokenizer, hf_messages
+
+    for name, template in builtin_templates().items():
+        tokenizer = bpe_tokenizer(name, None)
+        fmt, jinja = resolve_template(tokenizer, name), to_jinja(template)
+        for conv in (SINGLE, MULTI, TOOLS):
+            for generation_prompt in (False, True):
+                messages = conv.messages[:-1] if generation_prompt else conv.messages
+                render = dict(tools=conv.tools, add_generation_prompt=generation_prompt, tokenize=False)
+                try:
+                    want = fmt.render(messages, conv.tools, generation_prompt)
+                except UserError:  # no tool format: the Jinja refuses too
+                    with pytest.raises(Exception, match="no format for tool"):
+                        tokenizer.apply_chat_template(hf_messages(conv), chat_template=jinja, **render)
+                    continue
+                trimmed = type(conv)(messages, conv.tools)
+                got = tokenizer.apply_chat_template(hf_messages(trimmed), chat_template=jinja, **render)
+                assert got == want, (name, generation_prompt)

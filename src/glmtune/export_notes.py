@@ -85,7 +85,7 @@ def readme(notes: dict[str, Any], report: dict[str, Any] | None) -> str:
         lines += [
             "## int8 vs fp32 (measured at export)",
             "",
-            f"{report['examples']} examples, {report['threads']} threads: speed-up {report['speedup']}x, "
+            f"{report['examples']} examples, {report['threads']} threads: forward pass {report['speedup']}x faster, "
             f"weights {report['weights_mb']['fp32']} MB → {report['weights_mb']['int8']} MB, "
             f"quality delta {json.dumps(report['delta'])}. Details: quantization.json.",
             "",

@@ -2,7 +2,8 @@
 
 ``torch.ao.quantization.quantize_dynamic`` (in torch itself, no extra dependency) stores each Linear's weight as
 int8 with one scale per output channel and quantizes activations on the fly; matmuls run in int8 (fbgemm/onednn)
-on x86 CPUs. Embeddings, norms and biases stay float. torch marks ``torch.ao.quantization`` deprecated in favour
+on x86 CPUs. Embeddings, norms and biases stay float. Activations get one scale per tensor, so a model with outlier
+activation channels (small LLMs' ``down_proj`` inputs) loses quality: ``glmtune export`` measures it every time. torch marks ``torch.ao.quantization`` deprecated in favour
 of torchao, which is not installed here; its warnings are silenced where it is called.
 
 A quantized module's state is not a plain tensor (packed params), so it is written as ``NAME.weight`` (int8
