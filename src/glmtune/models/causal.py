@@ -6,6 +6,7 @@ only calls it. Generation goes through ``backbone.generate`` (peft forwards it t
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -34,7 +35,8 @@ class CausalLM(nn.Module):
         prompt, whose virtual positions come first and are dropped here."""
         outputs = self.backbone(**batch)
         seq_len = batch["input_ids"].shape[1] if "input_ids" in batch else None
-        if seq_len is not None and outputs.logits.shape[1] > seq_len:
+        # (a boolean ``logits_to_keep`` mask gives flat [kept, vocab] logits: nothing to drop)
+        if seq_len is not None and outputs.logits.ndim == 3 and outputs.logits.shape[1] > seq_len:
             outputs.logits = outputs.logits[:, -seq_len:]
         return outputs
 
@@ -54,15 +56,55 @@ class CausalLM(nn.Module):
             enable_input_grads()
 
 
+def learned_mask(labels: torch.Tensor) -> torch.Tensor:
+    """[batch, seq] bool: the positions whose logits are learned — those followed by a learned label.
+
+    Passed to the model as ``logits_to_keep`` (transformers' boolean form), the LM head runs on these rows only:
+    prompts, padding and system turns never reach the [*, vocab] projection or its fp32 softmax."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return mask
+
+
+def accepts_learned_mask(model: nn.Module) -> bool:
+    """Whether ``model`` (a ``CausalLM``, possibly DDP-wrapped) honours a boolean ``logits_to_keep`` mask.
+
+    transformers' own causal LMs and ChatGLM3's do; peft's prompt-learning wrappers prepend virtual tokens
+    (positions shift) and remote code may not know the boolean form, so those get full logits."""
+    causal = getattr(model, "module", model)  # DDP
+    backbone = getattr(causal, "backbone", None)
+    if backbone is None:
+        return False
+    peft_config = getattr(backbone, "active_peft_config", None)
+    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+        return False
+    base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    module = type(base).__module__
+    known = module.startswith("transformers.models.") or module.startswith("glmtune.models.chatglm3")
+    return known and "logits_to_keep" in inspect.signature(type(base).forward).parameters
+
+
 def token_losses(
-    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    label_smoothing: float = 0.0,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token cross-entropy per row and the number of learned tokens per row (``label_smoothing``:
     training only; evaluation reports the plain cross-entropy).
 
-    ``logits`` [batch, seq, vocab] predict ``labels`` [batch, seq] shifted by one (``-100``: not learned).
-    Returns ``sums`` [batch] (fp32) and ``counts`` [batch].
+    ``logits`` [batch, seq, vocab] predict ``labels`` [batch, seq] shifted by one (``-100``: not learned); or,
+    with ``mask`` = ``learned_mask(labels)``, ``logits`` [learned, vocab] are the model's logits at the mask's
+    positions only (row-major order). Returns ``sums`` [batch] (fp32) and ``counts`` [batch].
     """
+    if mask is not None:
+        targets = labels.roll(-1, dims=1)[mask]  # [learned]: the label after each kept position
+        losses = F.cross_entropy(
+            logits.float(), targets, reduction="none", label_smoothing=label_smoothing
+        )  # [learned]
+        rows = mask.nonzero()[:, 0]  # [learned]: the batch row of each kept position
+        sums = losses.new_zeros(labels.shape[0]).index_add(0, rows, losses)  # [batch]
+        return sums, mask.sum(dim=-1)
     shifted_logits = logits[:, :-1].float()  # [batch, seq - 1, vocab]
     shifted_labels = labels[:, 1:]  # [batch, seq - 1]
     losses = F.cross_entropy(

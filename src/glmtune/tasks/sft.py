@@ -21,7 +21,7 @@ from glmtune import methods
 from glmtune.config import Config
 from glmtune.data.conversation import Conversation
 from glmtune.errors import UserError
-from glmtune.models.causal import token_losses
+from glmtune.models.causal import accepts_learned_mask, learned_mask, token_losses
 from glmtune.replies import (
     as_config_field,
     generate_replies,
@@ -154,8 +154,13 @@ class SFT:
         self, model: torch.nn.Module, batch: dict[str, Any], accelerator: Any
     ) -> tuple[torch.Tensor, int]:
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "index", "num_tokens")}
+        # The LM head runs on learned positions only where the model allows it (the teacher needs all).
+        mask = None
+        if self.teacher is None and accepts_learned_mask(model):
+            mask = learned_mask(batch["labels"])  # [batch, seq]
+            inputs["logits_to_keep"] = mask
         with accelerator.autocast():
-            logits = model(**inputs).logits  # [batch, seq, vocab]
+            logits = model(**inputs).logits  # [learned, vocab] with a mask, else [batch, seq, vocab]
         if self.teacher is not None:
             from glmtune import distill
 
@@ -164,7 +169,7 @@ class SFT:
             loss = distill.token_loss(logits, teacher, batch["labels"], kd.temperature, kd.alpha)
         else:
             smoothing = self.cfg.train.label_smoothing
-            sums, counts = token_losses(logits, batch["labels"], smoothing)  # [batch], [batch]
+            sums, counts = token_losses(logits, batch["labels"], smoothing, mask)  # [batch], [batch]
             loss = sums.sum() / counts.sum().clamp(min=1)
         tokens = batch["num_tokens"].sum() if "num_tokens" in batch else batch["attention_mask"].sum()
         return loss, int(tokens)

@@ -21,6 +21,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import logging
 
 from .configuration import ChatGLM3Config
@@ -295,8 +296,9 @@ class ChatGLM3ForCausalLM(ChatGLM3PreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast | tuple:
         """Logits `[batch, seq, vocab]` and, with `labels`, the mean next-token loss (labels shifted here, -100 ignored).
 
-        `logits_to_keep` (set by `generate`) computes logits for the last N positions only; `num_items_in_batch` in
-        kwargs makes the loss a sum divided by it (for exact gradient accumulation).
+        `logits_to_keep` (the last N positions for `generate`, or a boolean [batch, seq] mask in training) computes
+        logits for those positions only; `num_items_in_batch` in kwargs makes the loss a sum divided by it (for
+        exact gradient accumulation).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.transformer(
@@ -311,11 +313,10 @@ class ChatGLM3ForCausalLM(ChatGLM3PreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state  # [batch, seq, hidden]
-        if isinstance(logits_to_keep, int):
-            hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
-        else:
-            hidden_states = hidden_states[:, logits_to_keep]
-        logits = self.transformer.output_layer(hidden_states)  # [batch, seq, vocab]
+        # transformers' semantics: an int keeps the last N, a 1D tensor those positions, a 2D bool mask the True
+        # positions flattened to [kept, hidden] (training: learned positions only).
+        hidden_states = slice_logits_to_keep(hidden_states, logits_to_keep)
+        logits = self.transformer.output_layer(hidden_states)  # [batch, seq, vocab] or [kept, vocab]
 
         loss = None
         if labels is not None:
