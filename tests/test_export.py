@@ -157,7 +157,17 @@ def test_int8_sft_export_reloads_and_reports(tmp_path, tiny_model_dir, chat_file
     assert (got - fp32).abs().max() < 0.05 and not torch.equal(got, fp32)
     capsys.readouterr()
     main(["predict", str(out), "--text", "这个好"])
-    assert "output" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    reply = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["output"]
+    chat = subprocess.run(
+        [sys.executable, "-m", "glmtune.cli", "chat", str(out)],
+        input="这个好\n/exit\n",
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    assert chat.stdout == reply + "\n", "glmtune chat loads the int8 export like predict does"
 
 
 @pytest.mark.usefixtures("reset_accelerate")
@@ -172,9 +182,23 @@ def test_int8_classifier_export_reports_accuracy(tmp_path, tiny_model_dir, senti
     run = tmp_path / "run"
     main(["train", str(cfg_path), "--output", str(run)])
     out = tmp_path / "int8"
-    main(["export", str(run), "--out", str(out), "--quantize", "int8", "--merge"])
+    main(
+        [
+            "export",
+            str(run),
+            "--out",
+            str(out),
+            "--quantize",
+            "int8",
+            "--merge",
+            "--data",
+            str(sentiment_file),
+        ]
+    )
     report = json.loads((out / "quantization.json").read_text())
-    assert report["examples"] == 16 and 0 <= report["agreement"] <= 1
+    assert report["examples"] == 96 and 0 <= report["agreement"] <= 1, (
+        "measured on --data, not the test split"
+    )
     assert report["delta"]["accuracy"] == pytest.approx(
         report["int8"]["accuracy"] - report["fp32"]["accuracy"]
     )
