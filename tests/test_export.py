@@ -356,3 +356,24 @@ def test_builtin_templates_as_jinja_render_the_same():
                 trimmed = type(conv)(messages, conv.tools)
                 got = tokenizer.apply_chat_template(hf_messages(trimmed), chat_template=jinja, **render)
                 assert got == want, (name, generation_prompt)
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+def test_chatglm3_ptuning_classifier_export(tmp_path, chatglm3_dir, sentiment_file):  # noqa: F811
+    """A classification P-tuning run: the body keeps its prefix encoder (pre_seq_len), the head rides along."""
+    import yaml
+
+    from glmtune import classify, export
+
+    cfg = tiny_config(chatglm3_dir, sentiment_file, method={"name": "ptuning", "pre_seq_len": 4})
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    run = tmp_path / "run"
+    main(["train", str(cfg_path), "--output", str(run)])
+    out = tmp_path / "merged"
+    main(["export", str(run), "--out", str(out), "--merge"])
+    assert json.loads((out / "config.json").read_text())["pre_seq_len"] == 4
+    texts = ["这个东西非常好", "物流真慢，差"]
+    reference = classify.predict_texts(classify.load_run(run), texts)
+    again = classify.predict_texts(export.load_export(out), texts)
+    torch.testing.assert_close(again, reference, atol=1e-5, rtol=0)
