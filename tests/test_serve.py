@@ -325,7 +325,7 @@ def test_unknown_routes_and_methods(url):
 # =========================================================================== API key, queue, timeout, disconnects
 
 
-def test_api_key(served, name, monkeypatch):
+def test_api_key(served, name):
     from glmtune.serve.app import create_app
 
     with running(create_app(served, api_key="s3cret")) as base:

@@ -309,8 +309,10 @@ class _Handlers:
             return StreamingResponse(
                 self._completion_stream(job, model, len(ids[0]), body), media_type="text/event-stream"
             )
-        jobs = [self.submit(model, row) for row in rows]
+        jobs: list[Job] = []
         try:
+            for row in rows:  # a full queue part way refuses the whole request: the queued part is cancelled
+                jobs.append(self.submit(model, row))
             results = await asyncio.gather(*(self.result(job, request) for job in jobs))
         except _ClientGone:
             return Response(status_code=499)
