@@ -171,31 +171,6 @@ def test_seed_makes_sampling_repeatable(url, name):
     assert sample(3) != greedy
 
 
-def test_concurrent_requests_share_batches_and_get_their_own_replies(url, served, name):
-    tokenizer = served[name].lm.tokenizer
-    prompts = ["这个", "质量很差非常", "a", "物流真快", "12345", "服务"]
-    lengths = [3, 8, 5, 12, 4, 6]
-    before = httpx.get(url + "/health").json()["stats"]["batches"]
-    results: dict[int, openai.types.Completion] = {}
-
-    def ask(i: int) -> None:
-        results[i] = client(url).completions.create(
-            model=name, prompt=prompts[i], max_tokens=lengths[i], temperature=0
-        )
-
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for i, prompt in enumerate(prompts):
-        expected = reference(served, name, tokenizer(prompt)["input_ids"], lengths[i])
-        assert results[i].choices[0].text == expected.text, prompt
-        assert results[i].usage.completion_tokens == lengths[i]
-    stats = httpx.get(url + "/health").json()["stats"]
-    assert stats["batches"] - before < len(prompts), "concurrent requests were batched together"
-
-
 class Reader:
     """A ``serve.rows.Row`` that keeps what it is sent; ``cancel_after`` tokens' worth of text, it leaves."""
 
@@ -369,6 +344,45 @@ def wait_for(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.02)
+
+
+def test_waiting_requests_share_one_batch_and_get_their_own_replies(served, name):
+    from glmtune.serve.app import Limits, create_app
+
+    tokenizer = served[name].lm.tokenizer
+    prompts = ["这个", "质量很差非常", "a", "物流真快", "12345", "服务"]
+    lengths = [3, 8, 5, 12, 4, 6]
+    gate = Gate(served[name])
+    served[name].run_generation = gate
+    try:
+        with running(create_app(served, Limits(batch_wait_s=0))) as base:
+            results: dict[int, openai.types.Completion] = {}
+
+            def ask(i: int) -> None:
+                results[i] = client(base).completions.create(
+                    model=name, prompt=prompts[i], max_tokens=lengths[i], temperature=0
+                )
+
+            threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+            threads[0].start()
+            gate.entered.wait(10)  # the worker holds the first request; the other five queue up meanwhile
+            for thread in threads[1:]:
+                thread.start()
+            wait_for(lambda: httpx.get(base + "/health").json()["queue"]["waiting"] == 5)
+            gate.open.set()
+            for thread in threads:
+                thread.join()
+            stats = httpx.get(base + "/health").json()["stats"]
+            assert (stats["batches"], stats["largest_batch"]) == (2, 5), (
+                "the five waiting ones went as one batch"
+            )
+    finally:
+        gate.open.set()
+        del served[name].run_generation
+    for i, prompt in enumerate(prompts):
+        expected = reference(served, name, tokenizer(prompt)["input_ids"], lengths[i])
+        assert results[i].choices[0].text == expected.text, prompt
+        assert results[i].usage.completion_tokens == lengths[i]
 
 
 def test_full_queue_is_429_and_both_queued_requests_finish(gated, served, name):
