@@ -15,7 +15,7 @@ import torch
 from glmtune.cli import main
 from tests.conftest import tiny_config
 from tests.test_chatglm3_methods import chatglm3_dir  # noqa: F401 (the tiny ChatGLM3 fixture)
-from tests.test_smoke_sft import chat_file, sft_config, train  # noqa: F401 (chat_file is a fixture)
+from tests.test_smoke_sft import chat_file, glmtune_chat, sft_config, train  # noqa: F401 (a fixture)
 
 ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 IDS = [[2, 5, 9, 14, 7, 3, 11, 20]]  # fixed token ids inside the tiny vocabulary
@@ -67,6 +67,16 @@ def run_logits(run: Path) -> torch.Tensor:
         return loaded.model(input_ids=torch.tensor(IDS)).logits  # [1, seq, vocab]
 
 
+def train_classifier(tmp_path: Path, cfg: dict) -> Path:
+    """A 2-step classification run through the CLI (``cfg`` from ``tiny_config``)."""
+    import yaml
+
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    main(["train", str(cfg_path), "--output", str(tmp_path / "run")])
+    return tmp_path / "run"
+
+
 # --------------------------------------------------------------------------- merge
 
 
@@ -102,14 +112,10 @@ def test_merged_sft_loads_in_plain_transformers(tmp_path, tiny_model_dir, chat_f
 
 @pytest.mark.usefixtures("reset_accelerate")
 def test_merged_classifier_body_and_head(tmp_path, tiny_model_dir, sentiment_file, capsys):
-    import yaml
 
     from glmtune import classify, export
 
-    cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(tiny_config(tiny_model_dir, sentiment_file), allow_unicode=True))
-    run = tmp_path / "run"
-    main(["train", str(cfg_path), "--output", str(run)])
+    run = train_classifier(tmp_path, tiny_config(tiny_model_dir, sentiment_file))
     out = tmp_path / "merged"
     main(["export", str(run), "--out", str(out), "--merge"])
     assert {"head.safetensors", "labels.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
@@ -158,29 +164,18 @@ def test_int8_sft_export_reloads_and_reports(tmp_path, tiny_model_dir, chat_file
     capsys.readouterr()
     main(["predict", str(out), "--text", "这个好"])
     reply = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["output"]
-    chat = subprocess.run(
-        [sys.executable, "-m", "glmtune.cli", "chat", str(out)],
-        input="这个好\n/exit\n",
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=120,
-    )
+    chat = glmtune_chat(str(out), lines="这个好\n/exit\n")
     assert chat.returncode == 0, chat.stderr[-2000:]
     assert chat.stdout == reply + "\n", "glmtune chat loads the int8 export like predict does"
 
 
 @pytest.mark.usefixtures("reset_accelerate")
 def test_int8_classifier_export_reports_accuracy(tmp_path, tiny_model_dir, sentiment_file, capsys):
-    import yaml
 
     from glmtune import classify, export
 
     cfg = tiny_config(tiny_model_dir, sentiment_file, method={"name": "freeze", "trainable_layers": 1})
-    cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
-    run = tmp_path / "run"
-    main(["train", str(cfg_path), "--output", str(run)])
+    run = train_classifier(tmp_path, cfg)
     out = tmp_path / "int8"
     main(
         [
@@ -284,27 +279,14 @@ def test_nothing_requested(tmp_path, fake_run, capsys):
                          ids=["lora", "ptuning"])  # fmt: skip
 def test_chatglm3_export_loads_with_glmtune(tmp_path, chatglm3_dir, method):  # noqa: F811
     """Merged LoRA, and a P-tuning prefix exported inside the model (config.json pre_seq_len): the same logits."""
-    import yaml
-
     from glmtune import export, replies
     from tests.conftest import write_jsonl
     from tests.test_chatglm3_sft import tool_rows
 
-    data = write_jsonl(tmp_path / "tools.jsonl", tool_rows())
-    cfg = {
-        "task": "sft",
-        "model": {"name_or_path": str(chatglm3_dir)},
-        "data": {"train_file": str(data), "template": "chatglm3", "validation_size": 2, "test_size": 2},
-        "method": method,
-        "train": {"max_steps": 2, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "max_seq_len": 256,
-                  "mixed_precision": "no", "log_steps": 1},
-        "eval": {"batch_size": 2},
-        "generate": {"max_new_tokens": 4},
-    }  # fmt: skip
-    cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
-    run = tmp_path / "run"
-    main(["train", str(cfg_path), "--output", str(run)])
+    data = {"train_file": str(write_jsonl(tmp_path / "tools.jsonl", tool_rows())), "template": "chatglm3",
+            "validation_size": 2, "test_size": 2}  # fmt: skip
+    cfg = sft_config(chatglm3_dir, data, method=method, train={"batch_size": 4, "max_seq_len": 256})
+    run = train(tmp_path, cfg)
     out = tmp_path / "merged"
     main(["export", str(run), "--out", str(out), "--merge"])
     config = json.loads((out / "config.json").read_text())
@@ -314,9 +296,8 @@ def test_chatglm3_export_loads_with_glmtune(tmp_path, chatglm3_dir, method):  # 
     assert notes["loads_with"].startswith("glmtune's native ChatGLM3")
     assert "import glmtune.models.chatglm3" in (out / "README.md").read_text()
     reference = replies.load_run(run)
-    ids = torch.tensor(
-        [[64790, 64792, 64795, 30910, 13, 34211, 64796]]
-    )  # [gMASK] sop <|user|> ... <|assistant|>
+    # [gMASK] sop <|user|> ... <|assistant|>
+    ids = torch.tensor([[64790, 64792, 64795, 30910, 13, 34211, 64796]])
     exported = export.load_export(out)
     with torch.no_grad():
         want = reference.model(input_ids=ids).logits
@@ -361,15 +342,11 @@ def test_builtin_templates_as_jinja_render_the_same():
 @pytest.mark.usefixtures("reset_accelerate")
 def test_chatglm3_ptuning_classifier_export(tmp_path, chatglm3_dir, sentiment_file):  # noqa: F811
     """A classification P-tuning run: the body keeps its prefix encoder (pre_seq_len), the head rides along."""
-    import yaml
 
     from glmtune import classify, export
 
     cfg = tiny_config(chatglm3_dir, sentiment_file, method={"name": "ptuning", "pre_seq_len": 4})
-    cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
-    run = tmp_path / "run"
-    main(["train", str(cfg_path), "--output", str(run)])
+    run = train_classifier(tmp_path, cfg)
     out = tmp_path / "merged"
     main(["export", str(run), "--out", str(out), "--merge"])
     assert json.loads((out / "config.json").read_text())["pre_seq_len"] == 4
