@@ -85,6 +85,9 @@ def chat_ids(served, name: str, messages=USER) -> list[int]:
 
 def test_models_and_health(url, name):
     assert [m.id for m in client(url).models.list().data] == [name]
+    assert client(url).models.retrieve(name).id == name
+    with pytest.raises(openai.NotFoundError):
+        client(url).models.retrieve("nope")
     health = httpx.get(url + "/health").json()
     assert health["status"] == "ok" and health["models"] == [name]
 

@@ -98,6 +98,12 @@ def create_app(
         cards = [p.ModelCard(id=name, created=p.now(), glmtune=m.describe()) for name, m in served.items()]
         return p.ModelList(data=cards)
 
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str) -> p.ModelCard:
+        if name not in served:
+            raise APIError(404, f"The model '{name}' does not exist", param="model", code="model_not_found")
+        return p.ModelCard(id=name, created=p.now(), glmtune=served[name].describe())
+
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: p.ChatCompletionRequest, request: Request) -> Any:
         return await api.chat(body, request)
