@@ -434,6 +434,25 @@ def test_timeout_is_408_and_a_gone_client_is_cancelled(gated, served, name):
         wait_for(lambda: httpx.get(base + "/health").json()["stats"]["cancelled"] >= 2)
 
 
+def test_a_queued_stream_whose_client_leaves_is_dropped(gated, served, name):
+    from glmtune.serve.app import create_app
+
+    gate, limits = gated
+    with running(create_app(served, limits)) as base:
+        body = {"model": name, "prompt": "a", "max_tokens": 3}
+        holder = threading.Thread(target=httpx.post, args=(base + "/v1/completions",), kwargs={"json": body})
+        holder.start()
+        gate.entered.wait(10)
+        chat = {"model": name, "messages": USER, "max_tokens": 3, "stream": True}
+        with httpx.stream("POST", base + "/v1/chat/completions", json=chat) as answer:
+            assert next(answer.iter_lines()).startswith("data: ")  # the role chunk comes while it waits
+        wait_for(lambda: httpx.get(base + "/health").json()["queue"]["waiting"] == 1)
+        gate.open.set()
+        holder.join()
+        stats = httpx.get(base + "/health").json()["stats"]
+        assert (stats["completed"], stats["cancelled"]) == (1, 1), "the left stream never ran"
+
+
 def test_stream_disconnect_cancels_generation(served, name):
     from glmtune.serve.app import create_app
 

@@ -9,6 +9,7 @@ timeout 408, body too large 413, queue full 429. This module knows HTTP; the mod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -181,8 +182,10 @@ class _Handlers:
             ) from None
         return job
 
-    async def result(self, job: Job, request: Request) -> Any:
-        """Wait for the job's result; cancel it if the client leaves or the time runs out."""
+    async def _wait(self, job: Job, request: Request) -> AsyncIterator[Any]:
+        """The job's events as they come, until its result or error. Raises ``_ClientGone`` when the client has
+        left and the 408 ``APIError`` past the deadline (checked twice a second while nothing comes); a job left
+        unfinished is cancelled."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.timeout_s
         try:
@@ -197,13 +200,22 @@ class _Handlers:
                     if loop.time() >= deadline:
                         raise self._timeout() from None
                     continue
-                if event.kind == "done":
-                    return event.value
-                if event.kind == "error":
-                    raise event.value
+                yield event
+                if event.kind in ("done", "error"):
+                    return
         finally:
             if not job.finished:
                 job.cancel()
+
+    async def result(self, job: Job, request: Request) -> Any:
+        """The job's result (its error raised)."""
+        async with contextlib.aclosing(self._wait(job, request)) as events:
+            async for event in events:
+                if event.kind == "error":
+                    raise event.value
+                if event.kind == "done":
+                    return event.value
+        raise RuntimeError("a job ended without a result")
 
     def _timeout(self) -> APIError:
         return APIError(408, f"the request took longer than the server's limit of {self.limits.timeout_s:g} s",
@@ -226,7 +238,7 @@ class _Handlers:
         job = self.submit(model, row, stream=body.stream)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = self._chat_stream(job, model, len(ids), include_usage, use_tools)
+            events = self._chat_stream(job, request, model, len(ids), include_usage, use_tools)
             return StreamingResponse(events, media_type="text/event-stream")
         try:
             result = await self.result(job, request)
@@ -238,7 +250,13 @@ class _Handlers:
                                 usage=p.usage(len(ids), len(result.token_ids)))  # fmt: skip
 
     async def _chat_stream(
-        self, job: Job, model: ServedModel, prompt_tokens: int, include_usage: bool, use_tools: bool
+        self,
+        job: Job,
+        request: Request,
+        model: ServedModel,
+        prompt_tokens: int,
+        include_usage: bool,
+        use_tools: bool,
     ) -> AsyncIterator[str]:
         ident, created = p.new_id("chatcmpl"), p.now()
 
@@ -248,7 +266,7 @@ class _Handlers:
 
         yield chunk(p.ChunkDelta(role="assistant", content=""))
         raw = shown = ""
-        async for kind, value in self._events(job):
+        async for kind, value in self._events(job, request):
             # With tools the reply may turn out to be a call: it is sent whole at the end.
             if kind == "text" and not use_tools:
                 # The same text as the non-streamed reply: the text so far, read as a reply, minus what was sent.
@@ -274,28 +292,22 @@ class _Handlers:
                     yield _sse(last)
                 yield "data: [DONE]\n\n"
 
-    async def _events(self, job: Job) -> AsyncIterator[tuple[str, Any]]:
-        """A streaming job's events until its result; errors and the timeout become an SSE error event. A client
-        that disconnects cancels the job (Starlette ends this generator)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.limits.timeout_s
+    async def _events(self, job: Job, request: Request) -> AsyncIterator[tuple[str, Any]]:
+        """A streaming job's events until its result; an error or the timeout becomes an SSE error event. A client
+        that leaves cancels the job: noticed when a chunk cannot be sent (Starlette closes this generator) or,
+        while nothing is sent (queued, or tools held back), by asking the connection."""
         try:
-            while True:
-                try:
-                    event = await asyncio.wait_for(job.events.get(), timeout=max(0.0, deadline - loop.time()))
-                except TimeoutError:
-                    yield "error", _sse(self._timeout().body)
-                    return
-                if event.kind == "error":
-                    log.error("generation failed", exc_info=event.value)
-                    yield "error", _sse(p.error_body("generation failed", "server_error"))
-                    return
-                yield event.kind, event.value
-                if event.kind == "done":
-                    return
-        finally:
-            if not job.finished:
-                job.cancel()
+            async with contextlib.aclosing(self._wait(job, request)) as events:
+                async for event in events:
+                    if event.kind == "error":
+                        log.error("generation failed", exc_info=event.value)
+                        yield "error", _sse(p.error_body("generation failed", "server_error"))
+                        return
+                    yield event.kind, event.value
+        except _ClientGone:
+            return
+        except APIError as error:
+            yield "error", _sse(error.body)
 
     # ---- completions
     async def complete(self, body: p.CompletionRequest, request: Request) -> Any:
@@ -313,7 +325,8 @@ class _Handlers:
         if body.stream:
             job = self.submit(model, rows[0], stream=True)
             return StreamingResponse(
-                self._completion_stream(job, model, len(ids[0]), body), media_type="text/event-stream"
+                self._completion_stream(job, request, model, len(ids[0]), body),
+                media_type="text/event-stream",
             )
         jobs: list[Job] = []
         try:
@@ -336,7 +349,7 @@ class _Handlers:
         )
 
     async def _completion_stream(
-        self, job: Job, model: ServedModel, prompt_tokens: int, body: Any
+        self, job: Job, request: Request, model: ServedModel, prompt_tokens: int, body: Any
     ) -> AsyncIterator[str]:
         ident, created = p.new_id("cmpl"), p.now()
 
@@ -346,7 +359,7 @@ class _Handlers:
                 p.Completion(id=ident, created=created, model=model.name, choices=choices, usage=usage)
             )
 
-        async for kind, value in self._events(job):
+        async for kind, value in self._events(job, request):
             if kind == "text":
                 yield chunk(value)
             elif kind == "error":
