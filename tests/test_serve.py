@@ -414,7 +414,9 @@ def test_full_queue_is_429_and_both_queued_requests_finish(gated, served, name):
         assert answers["first"].status_code == answers["second"].status_code == 200
 
 
-def test_timeout_is_408_and_a_gone_client_is_cancelled(gated, served, name):
+@pytest.fixture
+def held(gated, served, name):
+    """A server (queue 1, timeout 1.5 s) whose worker holds one request until ``release()``."""
     from glmtune.serve.app import create_app
 
     gate, limits = gated
@@ -423,34 +425,42 @@ def test_timeout_is_408_and_a_gone_client_is_cancelled(gated, served, name):
         holder = threading.Thread(target=httpx.post, args=(base + "/v1/completions",), kwargs={"json": body})
         holder.start()
         gate.entered.wait(10)
-        started = time.monotonic()
-        answer = httpx.post(base + "/v1/completions", json=body, timeout=30)  # waits in the queue past 1.5 s
-        assert answer.status_code == 408 and answer.json()["error"]["code"] == "timeout"
-        assert time.monotonic() - started < 5
-        with pytest.raises(httpx.ReadTimeout):  # a client that gives up
-            httpx.post(base + "/v1/completions", json=body, timeout=0.3)
-        gate.open.set()
-        holder.join()
-        wait_for(lambda: httpx.get(base + "/health").json()["stats"]["cancelled"] >= 2)
+
+        def release() -> None:
+            gate.open.set()
+            holder.join()
+
+        yield base, body, release
+        release()
 
 
-def test_a_queued_stream_whose_client_leaves_is_dropped(gated, served, name):
-    from glmtune.serve.app import create_app
+def test_timeout_is_408_and_a_gone_client_is_cancelled(held):
+    base, body, release = held
+    started = time.monotonic()
+    answer = httpx.post(base + "/v1/completions", json=body, timeout=30)  # waits in the queue past 1.5 s
+    assert answer.status_code == 408 and answer.json()["error"]["code"] == "timeout"
+    assert time.monotonic() - started < 5
+    with pytest.raises(httpx.ReadTimeout):  # a client that gives up
+        httpx.post(base + "/v1/completions", json=body, timeout=0.3)
+    release()
+    wait_for(lambda: httpx.get(base + "/health").json()["stats"]["cancelled"] >= 2)
 
-    gate, limits = gated
-    with running(create_app(served, limits)) as base:
-        body = {"model": name, "prompt": "a", "max_tokens": 3}
-        holder = threading.Thread(target=httpx.post, args=(base + "/v1/completions",), kwargs={"json": body})
-        holder.start()
-        gate.entered.wait(10)
-        chat = {"model": name, "messages": USER, "max_tokens": 3, "stream": True}
-        with httpx.stream("POST", base + "/v1/chat/completions", json=chat) as answer:
-            assert next(answer.iter_lines()).startswith("data: ")  # the role chunk comes while it waits
-        wait_for(lambda: httpx.get(base + "/health").json()["queue"]["waiting"] == 1)
-        gate.open.set()
-        holder.join()
+
+def test_a_queued_stream_whose_client_leaves_is_dropped(held, name):
+    base, _, release = held
+    chat = {"model": name, "messages": USER, "max_tokens": 3, "stream": True}
+    with httpx.stream("POST", base + "/v1/chat/completions", json=chat) as answer:
+        assert next(answer.iter_lines()).startswith("data: ")  # the role chunk comes while it waits
+    wait_for(lambda: httpx.get(base + "/health").json()["queue"]["waiting"] == 1)
+    release()
+
+    def counts() -> tuple[int, int]:
         stats = httpx.get(base + "/health").json()["stats"]
-        assert (stats["completed"], stats["cancelled"]) == (1, 1), "the left stream never ran"
+        return stats["completed"], stats["cancelled"]
+
+    wait_for(lambda: counts() == (1, 1))  # the held request done; the left stream dropped, never run
+    time.sleep(0.2)
+    assert counts() == (1, 1)
 
 
 def test_stream_disconnect_cancels_generation(served, name):
