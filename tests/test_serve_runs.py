@@ -123,8 +123,9 @@ def test_classify_endpoint(runs, served):
         wrong = httpx.post(url + "/v1/chat/completions", json={"model": "sentiment", "messages": [
             {"role": "user", "content": "hi"}]})  # fmt: skip
         assert wrong.status_code == 400 and "/v1/classify" in wrong.json()["error"]["message"]
-        empty = httpx.post(url + "/v1/classify", json={"model": "sentiment", "input": []})
-        assert empty.status_code == 400 and empty.json()["error"]["param"] == "input"
+        for empty in ([], [""], " "):
+            answer = httpx.post(url + "/v1/classify", json={"model": "sentiment", "input": empty})
+            assert answer.status_code == 400 and answer.json()["error"]["param"] == "input"
 
 
 # =========================================================================== ChatGLM3: tools

@@ -181,8 +181,9 @@ class ClassifyRequest(_Strict):
     @field_validator("input")
     @classmethod
     def _non_empty(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, list) and not value:
-            raise ValueError("at least one text")
+        texts = [value] if isinstance(value, str) else value
+        if not texts or not all(text.strip() for text in texts):
+            raise ValueError("one or more non-empty texts")
         return value
 
 
