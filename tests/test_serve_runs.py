@@ -187,8 +187,9 @@ def test_chatglm3_tools_render_into_the_prompt_and_calls_come_back_as_tool_calls
 # =========================================================================== the real process: SIGTERM
 
 
-def test_sigterm_finishes_the_request_in_flight(tiny_model_dir):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+def test_sigterm_finishes_the_request_in_flight(tiny_model_dir, tmp_path):
+    """The real CLI process: the API key from the environment, and SIGTERM in the middle of a streamed reply."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "GLMTUNE_API_KEY": "k3y"}
     command = [
         sys.executable,
         "-m",
@@ -200,15 +201,19 @@ def test_sigterm_finishes_the_request_in_flight(tiny_model_dir):
         "--port",
         "0",
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log = (tmp_path / "server.log").open("w")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     try:
         line = process.stdout.readline()
-        assert line.startswith("glmtune: serving"), line + process.stderr.read()
+        assert line.startswith("glmtune: serving"), line + (tmp_path / "server.log").read_text()
+        assert "(API key required)" in line
         url = line.split(" on ")[1].split()[0]
+        assert httpx.get(url + "/v1/models").status_code == 401
         body = {"model": tiny_model_dir.name, "prompt": "a", "max_tokens": 200, "temperature": 0, "stream": True,
                 "stream_options": {"include_usage": True}}  # fmt: skip
         events = []
-        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as answer:
+        key = {"Authorization": "Bearer k3y"}
+        with httpx.stream("POST", url + "/v1/completions", json=body, headers=key, timeout=60) as answer:
             for line in answer.iter_lines():
                 if not line.startswith("data: "):
                     continue
@@ -226,3 +231,4 @@ def test_sigterm_finishes_the_request_in_flight(tiny_model_dir):
         if process.poll() is None:
             process.kill()
         process.wait()
+        log.close()
