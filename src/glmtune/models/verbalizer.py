@@ -9,7 +9,6 @@ fine-tunes through the prompt (Schick & Schütze 2021), and their softmax is a d
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -38,37 +37,41 @@ class PromptClassifier(nn.Module):
         self.register_buffer("words", table, persistent=False)
         self.register_buffer("word_lengths", torch.tensor([len(ids) for ids in words]), persistent=False)
         self.register_buffer("label_of_word", torch.tensor(self.word_label), persistent=False)
-        self._keep_logits: bool | None = None
 
     @property
     def config(self) -> Any:
         return self.backbone.config
 
-    def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
-        """The LM's logits at the last ``keep`` positions of the (right-padded) rows: ``[batch, keep, vocab]``.
+    def _logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """The LM's logits at ``positions`` ``[rows, k]`` of each (right-padded) row: ``[rows, k, vocab]``.
 
-        Only those positions go through the vocabulary projection where the model allows it (a 262k vocab at
-        every position would dominate the cost); peft prompt learning prepends virtual tokens, whose logits are
-        before the last ``keep`` and so dropped here."""
-        if self._keep_logits is None:
-            base = getattr(self.backbone, "get_base_model", lambda: self.backbone)()
-            self._keep_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
-        kwargs: dict[str, Any] = {"use_cache": False}
-        if self._keep_logits:
-            kwargs["logits_to_keep"] = keep
-        logits = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
-        return logits[:, -keep:]  # [batch, keep, vocab]
+        Only those positions reach the vocabulary projection (a 262k vocab at every position would cost more than
+        the body): a forward pre-hook on the output layer gathers them from the final hidden states, so the
+        model's own output path (softcapping and all) still applies. peft prompt learning puts its virtual tokens
+        first: the hidden states are longer than the input by that much."""
+        seq_len = input_ids.shape[1]
+
+        def gather(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            hidden = args[0]  # [rows, virtual + seq, hidden]
+            index = positions + (hidden.shape[1] - seq_len)  # [rows, k]
+            picked = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # [rows, k, hidden]
+            return (picked, *args[1:])
+
+        handle = self.backbone.get_output_embeddings().register_forward_pre_hook(gather)
+        try:
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        finally:
+            handle.remove()
+        return out.logits  # [rows, k, vocab]
 
     def word_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """log p(word | prompt) for every label word: ``[batch, words]`` (fp32)."""
-        batch, seq_len = input_ids.shape  # right-padded prompts
-        last = last_token_index(attention_mask)  # [batch]
-        rows = torch.arange(batch, device=input_ids.device)  # [batch]
+        last = last_token_index(attention_mask)  # [batch] right-padded prompts: the answer follows `last`
         if int(self.word_lengths.max()) == 1:  # every word one token: one forward pass, one position per row
-            keep = seq_len - int(last.min())
-            logits = self._logits(input_ids, attention_mask, keep)  # [batch, keep, vocab]
-            at_answer = logits[rows, last - (seq_len - keep)].float()  # [batch, vocab]
-            return at_answer.log_softmax(-1)[:, self.words[:, 0]]  # [batch, words]
+            logits = self._logits(input_ids, attention_mask, last[:, None])[:, 0].float()  # [batch, vocab]
+            return logits.log_softmax(-1)[:, self.words[:, 0]]  # [batch, words]
         return self._multi_token_scores(input_ids, last)
 
     def _multi_token_scores(self, input_ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
@@ -86,15 +89,18 @@ class PromptClassifier(nn.Module):
                 ids[row, word, :n] = input_ids[row, :n]
                 ids[row, word, n : n + size] = self.words[word, :size]
                 mask[row, word, : n + size] = 1
-        keep = total - int(lengths.min()) + 1  # from the last prompt token of the shortest row on
-        logits = self._logits(ids.view(-1, total), mask.view(-1, total), keep)  # [batch*words, keep, vocab]
-        logp = logits.float().log_softmax(-1).view(batch, num_words, keep, -1)  # [batch, words, keep, vocab]
         offsets = torch.arange(width, device=ids.device)  # [width]
-        # Token j of a word sits at position n + j and is predicted at n + j - 1, i.e. kept index below.
-        positions = (lengths[:, None, None] - 1 + offsets) - (total - keep)  # [batch, 1, width]
-        positions = positions.expand(batch, num_words, width).clamp(0, keep - 1)  # [batch, words, width]
-        picked = logp.gather(2, positions.unsqueeze(-1).expand(-1, -1, -1, logp.shape[-1]))
-        token_logp = picked.gather(3, self.words[None, :, :, None].expand(batch, -1, -1, 1)).squeeze(-1)
+        # Token j of a word sits at position n + j and is predicted at n + j - 1 (padded words: clamped, masked).
+        positions = (lengths[:, None] - 1 + offsets).clamp(max=total - 1)  # [batch, width]
+        positions = positions.repeat_interleave(num_words, dim=0)  # [batch*words, width]
+        logits = self._logits(
+            ids.view(-1, total), mask.view(-1, total), positions
+        )  # [batch*words, width, vocab]
+        logp = (
+            logits.float().log_softmax(-1).view(batch, num_words, width, -1)
+        )  # [batch, words, width, vocab]
+        index = self.words[None, :, :, None].expand(batch, -1, -1, 1)  # [batch, words, width, 1]
+        token_logp = logp.gather(3, index).squeeze(-1)  # [batch, words, width]
         real = offsets[None, :] < self.word_lengths[:, None]  # [words, width]
         return token_logp.masked_fill(~real, 0.0).sum(-1)  # [batch, words]
 
