@@ -43,6 +43,11 @@ def review(rng: random.Random, positive: bool) -> str:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer Llama of width 32 with a char tokenizer, saved with safetensors."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def save_tiny_llama(path: Path, hidden_size: int = 32, intermediate_size: int = 64) -> Path:
+    """Write a seeded 2-layer Llama with the char tokenizer into ``path``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -51,8 +56,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -63,7 +68,6 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
-    path = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

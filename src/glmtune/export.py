@@ -51,13 +51,9 @@ def check_request(out: Path, *, merge: bool, quantize: str | None, gguf: bool) -
         raise UserError(GGUF_UNSUPPORTED, field="--gguf", expected="--merge or --quantize int8")
     if quantize is not None and quantize not in QUANTIZE_MODES:
         if quantize.lower() in BITSANDBYTES_MODES:
-            import torch
-
-            why = (
-                "this machine has no CUDA GPU" if not torch.cuda.is_available() else "export writes CPU int8"
-            )
             raise UserError(
-                f"'{quantize}' needs bitsandbytes on a CUDA GPU at load time ({why}); export has no such mode",
+                f"'{quantize}' is bitsandbytes quantization at load time, not an export format "
+                "(train, predict or serve with model.quantization: 4bit/8bit instead)",
                 field="--quantize",
                 expected="int8 (CPU dynamic quantization)",
             )
@@ -105,9 +101,11 @@ def _load_run(run_dir: Path) -> Any:
 
     info = RunDir(run_dir).check(need_weights=True)
     _check_exportable(RunDir(run_dir))
+    # A QLoRA run merges into the unquantized base (LLaMA-Factory's way): the merged model differs from the
+    # quantized one it trained on by the quantization error, but is not rounded twice.
     if info.get("task", "classification") == "sft":
-        return replies.load_run(run_dir)
-    return classify.load_run(run_dir)
+        return replies.load_run(run_dir, full_precision=True)
+    return classify.load_run(run_dir, full_precision=True)
 
 
 def _check_exportable(run: Any) -> None:

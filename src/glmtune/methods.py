@@ -135,6 +135,10 @@ def _prefix_encoder(backbone: nn.Module) -> nn.Module:
 def _lora(backbone: nn.Module, cfg: MethodConfig) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
+    from glmtune.models.quant import is_quantized, prepare_for_training
+
+    if is_quantized(backbone):  # QLoRA: frozen 4-/8-bit base, fp32 norms/embeddings, adapters on top
+        backbone = prepare_for_training(backbone)
     present = {name.rsplit(".", 1)[-1] for name, _ in backbone.named_modules()}
     lora_config = LoraConfig(
         r=cfg.lora_r,

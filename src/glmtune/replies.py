@@ -123,8 +123,9 @@ def _place(model: torch.nn.Module) -> torch.nn.Module:
     return model.to("cuda") if torch.cuda.is_available() else model
 
 
-def load_run(path: str | Path) -> LoadedLM:
-    """Base model + a finished SFT run's trained weights, in eval mode."""
+def load_run(path: str | Path, *, full_precision: bool = False) -> LoadedLM:
+    """Base model + a finished SFT run's trained weights, in eval mode (``full_precision``: the base unquantized,
+    whatever ``model.quantization`` the run trained with — what ``export --merge`` folds a QLoRA adapter into)."""
     from glmtune import config as config_mod
     from glmtune.models.causal import load_language_model
     from glmtune.models.load import load_config
@@ -134,6 +135,8 @@ def load_run(path: str | Path) -> LoadedLM:
     cfg = config_mod.load(run.config)
     if cfg.task != "sft":
         raise UserError(f"a {cfg.task} run, not an sft run", file=str(run.path), expected="an sft run folder")
+    if full_precision:
+        cfg = config_mod.without_quantization(cfg)
     overrides = methods.config_overrides(cfg.method, load_config(cfg.model))
     model, tokenizer = load_language_model(cfg.model, config_overrides=overrides)
     methods.load(model, cfg.method, run)

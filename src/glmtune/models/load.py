@@ -21,6 +21,7 @@ from typing import Any
 from glmtune.config import ModelConfig
 from glmtune.errors import UserError
 from glmtune.models.builtin import BUILTIN_MODELS, resolve_builtin, unknown_builtin
+from glmtune.models.quant import bnb_config, unpack_on_cpu
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 TOKENIZER_FILES = (
@@ -243,9 +244,14 @@ def _from_pretrained(
     override_config(config, config_overrides or {})
     if cfg.num_layers is not None:
         keep_first_layers(config, cfg.num_layers)
+    quantization = bnb_config(cfg)  # None, or bitsandbytes 4-bit/8-bit (models.quant)
+    if quantization is not None:
+        common["quantization_config"] = quantization
     try:
         with _quiet_loading_report(cfg.num_layers is not None):  # skipped top layers are expected, not news
-            return auto_class.from_pretrained(path, config=config, dtype=getattr(torch, cfg.dtype), **common)
+            model = auto_class.from_pretrained(path, config=config, dtype=getattr(torch, cfg.dtype), **common)
+        unpack_on_cpu(model)  # narrow layers cannot take bitsandbytes' packed CPU layout
+        return model
     except (
         SafetensorError,
         pickle.UnpicklingError,
