@@ -235,3 +235,35 @@ def test_chatglm3_native_model_trains_4bit_with_gradient_checkpointing(
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b), "every adapter got gradient"
     assert_predict_reproduces(run, capsys)
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+def test_serve_loads_qlora_runs_quantized(tmp_path, wide_model_dir, chat_file, sentiment_file):
+    """glmtune serve over a 4-bit sft run and a 4-bit classification run: the real server, the openai client."""
+    import httpx
+
+    from glmtune import classify
+    from glmtune.serve.app import create_app
+    from glmtune.serve.models import load_models
+    from tests.test_serve import client, running
+
+    sft = train(
+        tmp_path, sft_config(wide_model_dir, {"train_file": str(chat_file)}, model={"quantization": "4bit"})
+    )
+    cls = train(tmp_path, tiny_config(wide_model_dir, sentiment_file, model={"quantization": "4bit"}), "cls")
+    served = load_models([str(sft), str(cls)])
+    assert quantized(served["run"].lm.model, "4bit") and quantized(
+        served["cls"].classifier.classifier, "4bit"
+    )
+    texts = ["这个东西质量很好", "物流太慢，失望"]
+    expected = classify.predict_texts(classify.load_run(cls), texts)  # [2, labels]
+    with running(create_app(served)) as url:
+        reply = client(url).chat.completions.create(
+            model="run", messages=[{"role": "user", "content": "这个好"}], max_tokens=4, temperature=0
+        )
+        assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.completion_tokens <= 4
+        answer = httpx.post(url + "/v1/classify", json={"model": "cls", "input": texts}).json()
+    labels = json.loads((cls / "labels.json").read_text())
+    for row, probs in zip(answer["data"], expected):
+        for label, p in zip(labels, probs):
+            assert row["probs"][label] == pytest.approx(float(p), abs=1e-5)
