@@ -14,6 +14,7 @@ Its CPU inference layout for 4-bit weights must be kept out of training (``unpac
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from glmtune.config import ModelConfig
@@ -38,6 +39,9 @@ def bnb_config(cfg: ModelConfig) -> Any:
             expected="pip install bitsandbytes (a glmtune dependency), or quantization: none",
         ) from None
     if cfg.quantization == "8bit":
+        # LLM.int8() quantizes fp16 activations, so bitsandbytes casts any other dtype — and logs it on every
+        # Linear call of every step. The cast is the method, not news: that one logger stays at errors.
+        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
         load_in_4bit=True,
