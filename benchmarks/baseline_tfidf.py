@@ -6,7 +6,10 @@ its test accuracy sits beside `make demo`'s in the README on identical reviews.
     .venv/bin/python benchmarks/baseline_tfidf.py [examples/sentiment.yaml] [key=value ...] [--all-train]
 
 By default it trains on the same (possibly subsampled) training split as the config; ``--all-train`` lifts
-``data.max_train_samples`` to use every training review. Results go to benchmarks/results/baseline_tfidf.json.
+``data.max_train_samples`` to use every training review. ``--compare RUN_DIR`` pairs the baseline's test
+predictions with a glmtune run's (its predictions.jsonl, same split) and adds McNemar's exact test: of the reviews
+exactly one of the two gets right, how many each gets, and the two-sided binomial p-value. Results go to
+benchmarks/results/baseline_tfidf.json.
 """
 
 from __future__ import annotations
@@ -28,7 +31,27 @@ from glmtune.evaluate import classification_metrics
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run(cfg_path: str, all_train: bool, overrides: list[str]) -> dict:
+def mcnemar(baseline_right: list[bool], run_dir: Path, texts: list[str]) -> dict:
+    """McNemar's exact test between the baseline and a run on the same test reviews (paired, not two samples)."""
+    from scipy.stats import binomtest
+
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    if [r["text"] for r in rows] != texts:
+        raise SystemExit(f"{run_dir}/predictions.jsonl is not this config's test split (texts differ)")
+    run_right = [r["pred"] == r["gold"] for r in rows]
+    only_run = sum(r and not b for r, b in zip(run_right, baseline_right))
+    only_baseline = sum(b and not r for r, b in zip(run_right, baseline_right))
+    p_value = binomtest(only_run, only_run + only_baseline, 0.5).pvalue if only_run + only_baseline else 1.0
+    return {
+        "run": str(run_dir),
+        "run_accuracy": sum(run_right) / len(run_right),
+        "only_run_right": only_run,
+        "only_baseline_right": only_baseline,
+        "p_value": p_value,
+    }
+
+
+def run(cfg_path: str, all_train: bool, overrides: list[str], compare: Path | None = None) -> dict:
     cfg = config.load(cfg_path, overrides)
     data_cfg = replace(cfg.data, max_train_samples=None) if all_train else cfg.data
     data = load_classification(data_cfg)
@@ -47,6 +70,9 @@ def run(cfg_path: str, all_train: bool, overrides: list[str]) -> dict:
         probs = model.predict_proba(vectorizer.transform([e.text for e in examples]))
         metrics = classification_metrics([e.label for e in examples], np.asarray(probs), data.labels)
         result[split] = {k: metrics[k] for k in ("accuracy", "macro_f1", "auc", "n")}
+        if split == "test" and compare is not None:
+            right = [int(i) == e.label for i, e in zip(np.argmax(probs, axis=1), examples)]
+            result["mcnemar"] = mcnemar(right, compare, [e.text for e in examples])
     return result
 
 
@@ -57,10 +83,11 @@ def main() -> None:
     parser.add_argument(
         "overrides", nargs="*", help="dotted config overrides, e.g. data.max_train_samples=5000"
     )
+    parser.add_argument("--compare", type=Path, help="a glmtune run folder of this config: paired McNemar test")
     args = parser.parse_args()
-    results = {"same_train": run(args.config, False, args.overrides)}
+    results = {"same_train": run(args.config, False, args.overrides, args.compare)}
     if args.all_train:
-        results["all_train"] = run(args.config, True, args.overrides)
+        results["all_train"] = run(args.config, True, args.overrides, args.compare)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "baseline_tfidf.json"
     out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -70,6 +97,12 @@ def main() -> None:
             f"{name:>10}: {r['train_examples']:>6} train · test accuracy {t['accuracy']:.4f} "
             f"macro-F1 {t['macro_f1']:.4f} AUC {t['auc']:.4f} (n={t['n']})"
         )
+        if "mcnemar" in r:
+            m = r["mcnemar"]
+            print(
+                f"{'':>10}  vs the run (accuracy {m['run_accuracy']:.4f}): only the run right on "
+                f"{m['only_run_right']}, only TF-IDF on {m['only_baseline_right']}; McNemar p = {m['p_value']:.2g}"
+            )
     print(out)
 
 
