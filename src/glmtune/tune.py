@@ -101,7 +101,7 @@ def parse_space(space: dict[str, Any], source: str) -> list[Param]:
         if isinstance(spec, list):
             if not spec or not all(v is None or isinstance(v, (bool, int, float, str)) for v in spec):
                 raise UserError(f"got {spec!r}", file=source, field=name, expected="a list of plain values")
-            choices = tuple(config_mod._coerce(v, tp, name, source) for v in spec)
+            choices = tuple(config_mod.coerce(v, tp, name, source) for v in spec)
             params.append(Param(key, "categorical", choices=choices))
             continue
         if not isinstance(spec, dict):
@@ -121,11 +121,11 @@ def parse_space(space: dict[str, Any], source: str) -> list[Param]:
             raise UserError(
                 "a range needs a numeric field", file=source, field=name, expected="a list of choices"
             )
-        low, high = (config_mod._coerce(spec[k], number, f"{name}.{k}", source) for k in ("low", "high"))
-        log = config_mod._coerce(spec.get("log", False), bool, f"{name}.log", source)
+        low, high = (config_mod.coerce(spec[k], number, f"{name}.{k}", source) for k in ("low", "high"))
+        log = config_mod.coerce(spec.get("log", False), bool, f"{name}.log", source)
         step = spec.get("step")
         if step is not None:
-            step = config_mod._coerce(step, number, f"{name}.step", source)
+            step = config_mod.coerce(step, number, f"{name}.step", source)
         if not low < high:
             raise UserError(f"low {low} >= high {high}", file=source, field=name, expected="low < high")
         if log and (low <= 0 or step not in (None, 1)):

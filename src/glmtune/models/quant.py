@@ -4,7 +4,7 @@ transformers does the work: ``from_pretrained(..., quantization_config=BitsAndBy
 ``nn.Linear`` but the LM output layer by ``bnb.nn.Linear4bit``/``Linear8bitLt`` as the weights load, so the
 full-precision model never sits in memory. Training quantized weights is QLoRA (Dettmers et al. 2023): the base
 stays frozen and quantized, LoRA adapters (and a classification head) train in full precision, which is why
-``config.py`` allows quantization with ``method: lora`` only. A run records its ``model`` section, so predict,
+``config`` allows quantization with ``method: lora`` only. A run records its ``model`` section, so predict,
 chat, eval and serve load the base quantized exactly as it was trained; ``export --merge`` loads it unquantized
 (merging into 4-bit weights would add a second rounding), as LLaMA-Factory does.
 
