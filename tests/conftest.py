@@ -112,10 +112,8 @@ def tiny_config(model_dir: Path, data_file: Path, **sections) -> dict:
 @pytest.fixture
 def reset_accelerate():
     """accelerate keeps process-wide singletons; reset them so each in-process run starts clean."""
-    from accelerate.state import AcceleratorState, GradientState
+    from glmtune.train import reset_process_state
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_process_state()
     yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_process_state()

@@ -165,11 +165,10 @@ def test_unshuffled_batches_are_in_order_or_sorted_by_length():
 @pytest.fixture
 def clean_accelerate_state():
     """DataLoaderShard registers with accelerate's process-wide GradientState: leave it as we found it."""
-    from accelerate.state import AcceleratorState, GradientState
+    from glmtune.train import reset_process_state
 
     yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_process_state()
 
 
 def test_sharded_by_accelerate_for_two_processes(clean_accelerate_state):

@@ -23,10 +23,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:The y_prob values do not sum to 
 
 
 def _reset_accelerate() -> None:
-    from accelerate.state import AcceleratorState, GradientState
+    from glmtune.train import reset_process_state
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_process_state()
 
 
 @pytest.fixture(scope="module")

@@ -25,19 +25,17 @@ from tests.test_smoke_sft import chat_rows, sft_config
 
 
 def _train(tmp_path_factory, name: str, cfg: dict):
-    from accelerate.state import AcceleratorState, GradientState
+    from glmtune.train import reset_process_state
 
     folder = tmp_path_factory.mktemp(name + "-cfg")
     path = folder / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
     out = folder.parent / name
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_process_state()
     try:
         main(["train", str(path), "--output", str(out)])
     finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+        reset_process_state()
     return out
 
 

@@ -141,7 +141,7 @@ def test_resumed_p_tuning_prompt_run_ends_like_an_uninterrupted_one(tmp_path, ti
     """The checkpoint holds P-tuning's encoder (the adapter folder only its output): resume continues from it."""
     import shutil
 
-    from accelerate.state import AcceleratorState, GradientState
+    from glmtune.train import reset_process_state
 
     cfg = tiny_config(
         tiny_model_dir,
@@ -156,8 +156,7 @@ def test_resumed_p_tuning_prompt_run_ends_like_an_uninterrupted_one(tmp_path, ti
     shutil.rmtree(killed / "checkpoints" / "step-0000004")
     for name in ("metrics.json", "predictions.jsonl"):  # the adapter stays: the best so far may be step 2's
         (killed / name).unlink()
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_process_state()
     main(["train", "--resume", str(killed)])
     a, b = (json.loads((run / "metrics.json").read_text()) for run in (straight, killed))
     assert a == b

@@ -238,7 +238,7 @@ def test_resume_from_a_checkpoint_gives_the_same_run(tmp_path, tiny_model_dir, c
     """A run stopped after its step-2 checkpoint and resumed ends exactly where an uninterrupted run does."""
     import shutil
 
-    from accelerate.state import AcceleratorState, GradientState
+    from glmtune.train import reset_process_state
 
     cfg = sft_config(
         tiny_model_dir,
@@ -254,8 +254,7 @@ def test_resume_from_a_checkpoint_gives_the_same_run(tmp_path, tiny_model_dir, c
     for name in ("metrics.json", "predictions.jsonl", "adapter"):
         path = killed / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_process_state()
     main(["train", "--resume", str(killed)])
     a, b = (json.loads((run / "metrics.json").read_text()) for run in (straight, killed))
     assert a == b

@@ -293,6 +293,20 @@ def run(
     return run.path
 
 
+def reset_process_state() -> None:
+    """Between in-process runs (tune's trials, tests): reset accelerate's process-wide singletons, which each run's
+    Accelerator sets up anew, and free the last run's model."""
+    import gc
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _keep_only(weights: dict[str, torch.Tensor], names: set[str]) -> None:
     for key in [k for k in weights if k not in names]:
         del weights[key]

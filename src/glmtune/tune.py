@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import difflib
-import gc
 import io
 import typing
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from glmtune import config as config_mod
 from glmtune.config import LOWER_IS_BETTER, Config
 from glmtune.errors import UserError
 from glmtune.runs import atomic_write_json, atomic_write_text, read_json
+from glmtune.train import reset_process_state
 
 RANGE_KEYS = ("low", "high", "log", "step")
 TUNE_CONFIG = "tune.yaml"  # the resolved base config (with its tune section): what --resume continues
@@ -143,20 +143,13 @@ def parse_space(space: dict[str, Any], source: str) -> list[Param]:
     return params
 
 
-def _set(values: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        values = values[part]
-    values[leaf] = value
-
-
 def trial_values(base: Config, metric: str, assignment: dict[str, Any]) -> dict[str, Any]:
     """The config dict of one trial: the base config, tune section dropped, the tuned metric, the trial's values."""
     values = base.to_dict()
     del values["tune"]
     values["train"]["metric"] = metric
     for key, value in assignment.items():
-        _set(values, key, value)
+        config_mod.set_dotted(values, key, value)
     return values
 
 
@@ -208,18 +201,6 @@ def _study(cfg: Config, out: Path, direction: str, *, resume: bool) -> Any:
     return study
 
 
-def _reset_process_state() -> None:
-    """Free the last trial's model; reset accelerate's process-wide singletons (each trial builds its own)."""
-    import torch
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def _objective(base: Config, params: list[Param], metric: str, out: Path, source: str):
     import optuna
 
@@ -243,7 +224,7 @@ def _objective(base: Config, params: list[Param], metric: str, out: Path, source
             return False
 
         print(f"--- trial {trial.number}: " + ", ".join(f"{k}={v}" for k, v in assignment.items()))
-        _reset_process_state()
+        reset_process_state()
         train.run(cfg, run_dir, overwrite=True, on_evaluate=on_evaluate)
         results = read_json(run_dir / "metrics.json")
         for split in ("validation", "test"):
@@ -386,7 +367,7 @@ def run(
         catch=(torch.OutOfMemoryError,),  # a trial too big for the device fails alone; the search goes on
         callbacks=[lambda study, _trial: write_outputs(study, params, metric, out)],
     )
-    _reset_process_state()
+    reset_process_state()
     if study.get_trials(deepcopy=False):
         print(write_outputs(study, params, metric, out))
     return out

@@ -13,6 +13,7 @@ from glmtune.config.loading import (
     load,
     parse_overrides,
     read_yaml,
+    set_dotted,
     without_quantization,
 )
 from glmtune.config.sections import (
@@ -77,5 +78,6 @@ __all__ = [
     "load",
     "parse_overrides",
     "read_yaml",
+    "set_dotted",
     "without_quantization",
 ]
