@@ -35,7 +35,9 @@ def mcnemar(baseline_right: list[bool], run_dir: Path, texts: list[str]) -> dict
     """McNemar's exact test between the baseline and a run on the same test reviews (paired, not two samples)."""
     from scipy.stats import binomtest
 
-    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = [
+        json.loads(line) for line in (run_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     if [r["text"] for r in rows] != texts:
         raise SystemExit(f"{run_dir}/predictions.jsonl is not this config's test split (texts differ)")
     run_right = [r["pred"] == r["gold"] for r in rows]
@@ -83,7 +85,9 @@ def main() -> None:
     parser.add_argument(
         "overrides", nargs="*", help="dotted config overrides, e.g. data.max_train_samples=5000"
     )
-    parser.add_argument("--compare", type=Path, help="a glmtune run folder of this config: paired McNemar test")
+    parser.add_argument(
+        "--compare", type=Path, help="a glmtune run folder of this config: paired McNemar test"
+    )
     args = parser.parse_args()
     results = {"same_train": run(args.config, False, args.overrides, args.compare)}
     if args.all_train:

@@ -55,9 +55,13 @@ def _masked_equals_full(causal) -> None:
         logits = causal(input_ids=input_ids, **kwargs).logits
         sums, counts = token_losses(logits, labels, 0.1, kwargs.get("logits_to_keep"))
         (sums.sum() / counts.sum()).backward()
-        grads.append(([s.item() for s in sums], counts.tolist(), {
-            n: p.grad.clone() for n, p in causal.named_parameters() if p.grad is not None
-        }))
+        grads.append(
+            (
+                [s.item() for s in sums],
+                counts.tolist(),
+                {n: p.grad.clone() for n, p in causal.named_parameters() if p.grad is not None},
+            )
+        )
     (full_sums, full_counts, full_grads), (sums, counts, masked_grads) = grads
     assert counts == full_counts and counts[2] == 0
     assert torch.allclose(torch.tensor(sums), torch.tensor(full_sums), atol=1e-5)

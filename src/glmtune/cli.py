@@ -176,7 +176,12 @@ def cmd_export(args: argparse.Namespace) -> None:
     from glmtune import export
 
     out = export.export(
-        args.run_dir, args.out, merge_weights=args.merge, quantize=args.quantize, gguf=args.gguf, data=args.data
+        args.run_dir,
+        args.out,
+        merge_weights=args.merge,
+        quantize=args.quantize,
+        gguf=args.gguf,
+        data=args.data,
     )
     print(out)
 
