@@ -26,6 +26,8 @@ def glmtune_rate(run_dir: Path) -> dict[str, Any]:
         "seconds": last["time"] - first["time"],
         "steps": last["step"] - first["step"],
         "final_loss": last["loss"],
+        "mean_loss": sum(r["loss"] for r in train)
+        / len(train),  # every step (log_steps=1): the loss curve's level
     }
 
 
@@ -62,6 +64,7 @@ class TrainerClock:
             "seconds": t1 - t0,
             "steps": len(self.marks) - 1,
             "final_loss": self.losses[-1] if self.losses else None,
+            "mean_loss": sum(self.losses) / len(self.losses) if self.losses else None,
         }
 
 

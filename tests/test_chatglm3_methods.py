@@ -57,7 +57,7 @@ def base_body(model_dir: Path) -> dict:
     return {k.removeprefix("transformer."): v for k, v in base.items()}
 
 
-def assert_predict_reproduces(run: Path, capsys) -> None:
+def assert_predict_reproduces(run: Path, capsys, atol: float = 1e-4) -> None:
     """``glmtune predict`` rebuilds the model from config.yaml and gives the probabilities written at test time."""
     written = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     assert len(written) == 16
@@ -65,7 +65,7 @@ def assert_predict_reproduces(run: Path, capsys) -> None:
     main(["predict", str(run), "--text", written[0]["text"]])
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for label, p in written[0]["probs"].items():
-        assert again["probs"][label] == pytest.approx(p, abs=1e-4)
+        assert again["probs"][label] == pytest.approx(p, abs=atol)
 
 
 def initial_prefix(cfg: dict) -> dict:

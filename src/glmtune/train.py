@@ -23,6 +23,7 @@ import torch
 from glmtune import adversarial, methods, regularize
 from glmtune import config as config_mod
 from glmtune.config import Config, TrainConfig
+from glmtune.models.speed import for_autocast
 from glmtune.runs import RunDir, atomic_write_json, atomic_write_text, prune, read_json
 
 CHECKPOINT_PREFIX = "step-"
@@ -45,6 +46,9 @@ class TrainerState:
 
 
 # --------------------------------------------------------------------------- small helpers
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def mixed_precision(train: TrainConfig) -> str:
@@ -159,6 +163,10 @@ def run(
 
     # 4. batches: encoded once (templates, label masks, truncation live in the task's data code)
     loaders = task.make_loaders(tokenizer, model)
+    if accelerator.mixed_precision in AUTOCAST_DTYPES:  # from here on the model only runs under autocast:
+        for_autocast(
+            model, AUTOCAST_DTYPES[accelerator.mixed_precision]
+        )  # frozen weights cast once, not per step
 
     # 5. optimizer and schedule
     optimizer = build_optimizer(model, train_cfg)

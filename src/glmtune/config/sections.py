@@ -64,6 +64,9 @@ def _positive(value: float | int | None, name: str, *, allow_zero: bool = False)
         raise UserError(f"got {value!r}", field=name, expected="a positive number")
 
 
+ATTENTION = ("auto", "eager", "sdpa", "flash_attention_2")
+
+
 @dataclass
 class ModelConfig:
     """Which model to fine-tune and how to load it."""
@@ -77,6 +80,9 @@ class ModelConfig:
     quantization: str = "none"  # none, 4bit or 8bit: bitsandbytes weights on load (QLoRA; method lora only)
     quant_type: str = "nf4"  # 4bit: nf4 (QLoRA's NormalFloat) or fp4
     double_quant: bool = True  # 4bit: quantize the quantization constants too (QLoRA; ~0.4 bit/weight less)
+    attn_implementation: str = (
+        "auto"  # auto (eager on CPU, transformers' default on GPU), eager, sdpa, flash_attention_2
+    )
 
     def __post_init__(self) -> None:
         _choice(self.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
@@ -84,6 +90,7 @@ class ModelConfig:
         _positive(self.num_layers, "model.num_layers")
         _choice(self.quantization, QUANTIZATIONS, "model.quantization")
         _choice(self.quant_type, ("nf4", "fp4"), "model.quant_type")
+        _choice(self.attn_implementation, ATTENTION, "model.attn_implementation")
 
 
 @dataclass

@@ -1,0 +1,125 @@
+"""models.speed: faster training that computes the same thing (FastDropout, frozen weights cast once, attention)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from glmtune.config import ModelConfig
+from glmtune.errors import UserError
+from glmtune.models.load import attention
+from glmtune.models.speed import FastDropout, cast_frozen_linears, for_autocast, use_fast_dropout
+
+
+def test_fast_dropout_drops_at_rate_p_and_rescales_the_rest():
+    torch.manual_seed(0)
+    dropout = FastDropout(0.05).train()
+    x = torch.ones(400, 1000)
+    y = dropout(x)
+    dropped = (y == 0).float().mean().item()
+    # 400k Bernoulli(0.05) draws: std of the mean ≈ 0.00034, so 5 std either side.
+    assert abs(dropped - dropout.p) < 0.0018
+    assert abs(dropout.p - 0.05) < 1 / 65536
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - dropout.p)))
+    # Independent elements: the mask of the second half is not a copy of the first.
+    assert not torch.equal(y[:200] == 0, y[200:] == 0)
+
+
+def test_fast_dropout_gradient_is_the_mask_and_eval_is_identity():
+    torch.manual_seed(1)
+    dropout = FastDropout(0.3).train()
+    x = torch.randn(8, 7, 5, requires_grad=True)  # an odd element count: the last 64-bit word is cut
+    y = dropout(x)
+    y.sum().backward()
+    expected = (y != 0).float() / (1 - dropout.p)
+    assert torch.equal(x.grad, expected)
+    assert dropout.eval()(x) is x
+    assert FastDropout(0.0).train()(x) is x
+
+
+def test_fast_dropout_is_seeded():
+    x = torch.randn(64, 64)
+    torch.manual_seed(3)
+    a = FastDropout(0.1).train()(x)
+    torch.manual_seed(3)
+    b = FastDropout(0.1).train()(x)
+    assert torch.equal(a, b)
+
+
+def _tiny_lora(tiny_model_dir, dropout: float):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear")
+    model = get_peft_model(model, config)
+    for name, p in model.named_parameters():  # B is zero at init: give the adapters something to do
+        if "lora_B" in name:
+            nn.init.normal_(p, std=0.05)
+    return model
+
+
+def test_use_fast_dropout_replaces_every_lora_dropout(tiny_model_dir):
+    model = _tiny_lora(tiny_model_dir, dropout=0.1)
+    n = use_fast_dropout(model)
+    assert n == 14  # 2 layers × q, k, v, o, gate, up, down
+    kinds = {type(d) for m in model.modules() if hasattr(m, "lora_dropout") for d in m.lora_dropout.values()}
+    assert kinds == {FastDropout}
+
+
+def _loss_and_grads(model, ids):
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+def test_for_autocast_gives_the_same_loss_and_gradients(tiny_model_dir):
+    """Frozen weights cast once (and the tied LM head untied into its own copy) compute bit for bit what
+    autocast computed by casting them at every forward; with no dropout, adapters taking bf16 inputs too."""
+    model = _tiny_lora(tiny_model_dir, dropout=0.0).train()
+    fast = copy.deepcopy(model)
+    embedding = fast.get_input_embeddings()
+    for_autocast(fast, torch.bfloat16)
+    ids = torch.randint(4, model.config.vocab_size, (3, 11), generator=torch.Generator().manual_seed(0))
+    loss, grads = _loss_and_grads(model, ids)
+    fast_loss, fast_grads = _loss_and_grads(fast, ids)
+    assert torch.equal(loss, fast_loss)
+    assert grads.keys() == fast_grads.keys()
+    for name in grads:
+        assert torch.equal(grads[name], fast_grads[name]), name
+    # What changed: frozen Linear weights are bf16; adapters, embeddings (and so the residual stream) are not.
+    head = fast.get_output_embeddings()
+    assert head.weight.dtype == torch.bfloat16 and embedding.weight.dtype == torch.float32
+    assert head.weight.data_ptr() != embedding.weight.data_ptr()  # untied into a frozen copy
+    base = fast.base_model.model.model.layers[0].self_attn.q_proj
+    assert base.base_layer.weight.dtype == torch.bfloat16
+    assert base.lora_A["default"].weight.dtype == torch.float32
+    assert not base.cast_input_dtype_enabled
+
+
+def test_cast_frozen_linears_leaves_trainable_and_tied_trainable_weights(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # full fine-tuning: everything trains
+    assert cast_frozen_linears(model, torch.bfloat16) == 0
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    model.model.layers[0].requires_grad_(False)  # freeze: only the frozen layer's 7 Linears change
+    assert cast_frozen_linears(model, torch.bfloat16) == 7
+    assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert model.model.layers[1].mlp.up_proj.weight.dtype == torch.float32
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied and trainable: kept tied
+
+
+def test_attention_auto_is_eager_on_cpu_and_explicit_choices_pass_through():
+    expected = None if torch.cuda.is_available() else "eager"
+    assert attention(ModelConfig()) == expected
+    assert attention(ModelConfig(), "chatglm") is None  # glmtune's ChatGLM3: its SDPA path
+    assert attention(ModelConfig(attn_implementation="sdpa")) == "sdpa"
+    with pytest.raises(UserError, match="model.attn_implementation"):
+        ModelConfig(attn_implementation="flash")
