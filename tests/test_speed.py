@@ -123,3 +123,107 @@ def test_attention_auto_is_eager_on_cpu_and_explicit_choices_pass_through():
     assert attention(ModelConfig(attn_implementation="sdpa")) == "sdpa"
     with pytest.raises(UserError, match="model.attn_implementation"):
         ModelConfig(attn_implementation="flash")
+
+
+def test_frozen_outputs_are_reused_whatever_the_batch_around_them(tiny_model_dir):
+    """The frozen layer runs once per example; later batches (other rows, other padding) get the same logits."""
+    from transformers import AutoModel
+
+    from glmtune.models.speed import frozen_outputs
+
+    body = AutoModel.from_pretrained(tiny_model_dir).eval()
+    body.layers[0].requires_grad_(False)
+    inner = body.layers[0]
+    calls = []
+    inner.register_forward_hook(lambda *_: calls.append(1))
+    cache = frozen_outputs(body, body.layers, 1, budget_gb=1.0)
+    assert cache is not None and cache.frozen == 1
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, body.config.vocab_size, (3, 10), generator=generator)  # [batch, seq]
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0  # right padding
+    mask[2, 4:] = 0
+
+    def run(rows, ids, mask):
+        with torch.no_grad(), cache.training_batch(torch.tensor(rows), mask):
+            return body(input_ids=ids, attention_mask=mask).last_hidden_state  # [batch, seq, hidden]
+
+    with torch.no_grad():
+        plain = body(input_ids=ids, attention_mask=mask).last_hidden_state
+    first = run([10, 11, 12], ids, mask)
+    assert len(calls) == 2 and len(cache.store) == 3  # the plain pass and the first training pass
+    # Example 12 alone (4 tokens, no padding), then 11 and 10 in swapped order: no frozen layer call.
+    again = run([12], ids[2:, :4], mask[2:, :4])
+    swapped = run([11, 10], ids[[1, 0]], mask[[1, 0]])
+    assert len(calls) == 2
+    real = mask.bool()
+    assert torch.allclose(first[real], plain[real], atol=1e-6)
+    assert torch.allclose(again[0], plain[2, :4], atol=1e-5)
+    assert torch.allclose(swapped[0][real[1]], plain[1][real[1]], atol=1e-5)
+    assert torch.allclose(swapped[1], plain[0], atol=1e-5)
+    # A batch with one unseen example runs the frozen layer for all of it; evaluation never uses the store.
+    run([10, 13], ids[:2], mask[:2])
+    assert len(calls) == 3 and 13 in cache.store
+    with torch.no_grad():
+        body(input_ids=ids, attention_mask=mask)
+    assert len(calls) == 4
+
+
+def test_frozen_outputs_respect_the_budget_and_dropout(tiny_model_dir):
+    from transformers import AutoModel
+
+    from glmtune.models.speed import frozen_outputs
+
+    body = AutoModel.from_pretrained(tiny_model_dir)
+    assert frozen_outputs(body, body.layers, 0, budget_gb=1.0) is None  # nothing frozen
+    assert frozen_outputs(body, body.layers, 1, budget_gb=0.0) is None  # turned off
+    body.config.attention_dropout = 0.1  # train.dropout sets the config's rates: outputs are random
+    assert frozen_outputs(body, body.layers, 1, budget_gb=1.0) is None
+    body.config.attention_dropout = 0.0
+    cache = frozen_outputs(body, body.layers, 1, budget_gb=500 * 4 / 2**30)  # 500 fp32 numbers
+    ids = torch.randint(4, body.config.vocab_size, (2, 8))
+    with torch.no_grad(), cache.training_batch(torch.tensor([0, 1]), torch.ones_like(ids)):
+        body(input_ids=ids)
+    assert (
+        list(cache.store) == [0] and cache.bytes == 8 * body.config.hidden_size * 4
+    )  # the second did not fit
+
+
+@pytest.mark.usefixtures("reset_accelerate")
+def test_freeze_training_with_kept_outputs_matches_recomputing(
+    tmp_path, tiny_model_dir, sentiment_file, capsys, monkeypatch
+):
+    """Three epochs of freeze: the kept outputs give the metrics of recomputing the frozen layers every epoch."""
+    import json
+
+    import yaml
+
+    from glmtune.cli import main
+    from glmtune.models.speed import FrozenOutputs
+    from tests.conftest import tiny_config
+
+    lookups = []
+    original = FrozenOutputs.lookup
+    monkeypatch.setattr(FrozenOutputs, "lookup", lambda self, like: lookups.append(1) or original(self, like))
+
+    metrics = {}
+    for budget in (4.0, 0.0):
+        cfg = tiny_config(
+            tiny_model_dir,
+            sentiment_file,
+            method={"name": "freeze", "trainable_layers": 1, "frozen_cache_gb": budget},
+            train={"max_steps": None, "epochs": 3, "lr": 3e-3, "mixed_precision": "no"},
+        )
+        path = tmp_path / f"{budget}.yaml"
+        path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+        main(["train", str(path), "--output", str(tmp_path / str(budget))])
+        metrics[budget] = json.loads((tmp_path / str(budget) / "metrics.json").read_text())
+        assert metrics[budget]["steps"] == 24  # 64 training reviews, batches of 8, 3 epochs
+        said = "the 1 frozen layers run once per training example" in capsys.readouterr().out
+        assert said == (budget > 0)
+    kept, recomputed = metrics[4.0], metrics[0.0]
+    for split in ("validation", "test"):
+        for key in ("loss", "accuracy", "auc"):
+            assert kept[split][key] == pytest.approx(recomputed[split][key], abs=1e-5), (split, key)
+    assert len(lookups) == 16  # epochs 2 and 3: 8 batches each, none recomputed

@@ -233,6 +233,7 @@ class MethodConfig:
 
     name: str = "lora"
     trainable_layers: int = 2  # freeze: how many top transformer layers train
+    frozen_cache_gb: float = 4.0  # freeze, classification: memory for the frozen layers' outputs (0: off)
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -245,6 +246,7 @@ class MethodConfig:
     def __post_init__(self) -> None:
         _choice(self.name, METHODS, "method.name")
         _positive(self.trainable_layers, "method.trainable_layers")
+        _positive(self.frozen_cache_gb, "method.frozen_cache_gb", allow_zero=True)
         _positive(self.lora_r, "method.lora_r")
         _positive(self.pre_seq_len, "method.pre_seq_len")
         _positive(self.num_virtual_tokens, "method.num_virtual_tokens")

@@ -13,9 +13,21 @@ what surrounds the matrix products than in them. Two of those costs are avoidabl
   input) runs ``bernoulli_`` over every activation entering every adapted layer. :class:`FastDropout` takes the
   same Bernoulli mask from 16-bit slices of 64-bit random words (four draws per word), with ``p`` rounded to a
   multiple of 1/65536 (0.05 → 0.049988…), and scales kept values by ``1 / (1 - p)`` as ``nn.Dropout`` does.
+
+And one that changes what is computed again, not what is computed:
+
+* **``freeze`` recomputes its frozen layers every epoch.** With the bottom layers frozen and nothing random in
+  them, their output for a training example is the same every epoch. :class:`FrozenOutputs` keeps it (fp32, the
+  example's real tokens only) after the example's first pass, within a memory budget, and later passes feed it to
+  the first trained layer instead of running the frozen ones. Equal to recomputing up to float rounding (the
+  example sat in a batch of another shape when it was computed); a resumed run starts with an empty cache.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -110,4 +122,107 @@ def for_autocast(model: nn.Module, dtype: torch.dtype) -> None:
     keep_adapter_inputs(model)
 
 
-__all__ = ["FastDropout", "cast_frozen_linears", "for_autocast", "keep_adapter_inputs", "use_fast_dropout"]
+class FrozenOutputs:
+    """The output of the frozen bottom ``layers[:frozen]`` per training example (its dataset index), kept within
+    ``budget_bytes``. Active only inside :meth:`training_batch`: evaluation and anything else run every layer."""
+
+    def __init__(self, layers: nn.ModuleList, frozen: int, budget_bytes: int):
+        self.store: dict[int, torch.Tensor] = {}  # index → [real tokens, hidden]
+        self.bytes, self.budget = 0, budget_bytes
+        self.rows: list[int] | None = None  # the dataset indices of the batch in training, None outside
+        self.mask: torch.Tensor | None = None  # [batch, seq] bool, real tokens
+        self.hit = False  # every row of this batch is stored: the frozen layers are skipped
+        self.frozen = frozen
+        for i in range(frozen):
+            layers[i] = _CachedLayer(layers[i], self, first=i == 0, last=i == frozen - 1)
+
+    @contextmanager
+    def training_batch(self, indices: torch.Tensor, attention_mask: torch.Tensor) -> Iterator[None]:
+        self.rows, self.mask = indices.tolist(), attention_mask.bool()
+        try:
+            yield
+        finally:
+            self.rows, self.mask = None, None
+
+    def lookup(self, like: torch.Tensor) -> torch.Tensor:
+        """The stored outputs laid out like the batch (``like``: [batch, seq, hidden]); padding is zeros, which
+        the attention mask and the pooling never read."""
+        first = self.store[self.rows[0]]
+        out = torch.zeros(like.shape, dtype=first.dtype, device=like.device)  # [batch, seq, hidden]
+        for row, index in enumerate(self.rows):
+            out[row, self.mask[row]] = self.store[index]
+        return out
+
+    def keep(self, output: Any) -> None:
+        if not isinstance(output, torch.Tensor):  # a layer returning a tuple: nothing to lay out, no cache
+            self.budget = 0
+            return
+        for row, index in enumerate(self.rows):
+            if index in self.store:
+                continue
+            kept = output[row, self.mask[row]].detach().clone()  # [real tokens, hidden]
+            size = kept.numel() * kept.element_size()
+            if self.bytes + size > self.budget:
+                return
+            self.store[index], self.bytes = kept, self.bytes + size
+
+
+class _CachedLayer(nn.Module):
+    """One frozen layer: runs as is, or (all of the batch stored) the first returns the stored output and the
+    rest pass it through. Attributes the model reads off its layers (``attention_type``…) come from ``layer``."""
+
+    def __init__(self, layer: nn.Module, cache: FrozenOutputs, first: bool, last: bool):
+        super().__init__()
+        self.layer = layer
+        self.owner = [cache]  # a list: not registered as a submodule
+        self.first, self.last = first, last
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["layer"], name)
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        cache = self.owner[0]
+        if cache.rows is None:
+            return self.layer(hidden_states, *args, **kwargs)
+        if self.first:
+            cache.hit = all(index in cache.store for index in cache.rows)
+        if cache.hit:
+            return cache.lookup(hidden_states) if self.first else hidden_states
+        output = self.layer(hidden_states, *args, **kwargs)
+        if self.last:
+            cache.keep(output)
+        return output
+
+
+def frozen_outputs(
+    backbone: nn.Module, layers: nn.ModuleList, frozen: int, budget_gb: float
+) -> FrozenOutputs | None:
+    """A :class:`FrozenOutputs` over ``layers[:frozen]`` of ``backbone`` (frozen already), or None when their
+    output is random (any dropout rate in the model's config, e.g. from ``train.dropout``, or a dropout module in
+    those layers) or there is no budget or nothing frozen."""
+    config = getattr(backbone, "config", None)
+    rates = (
+        [v for k, v in vars(config).items() if "dropout" in k and isinstance(v, (int, float))]
+        if config
+        else []
+    )
+    random = any(r > 0 for r in rates) or any(
+        isinstance(m, nn.Dropout) and m.p > 0 for layer in layers[:frozen] for m in layer.modules()
+    )
+    if budget_gb <= 0 or frozen <= 0 or random:
+        return None
+    return FrozenOutputs(layers, frozen, int(budget_gb * 2**30))
+
+
+__all__ = [
+    "FastDropout",
+    "FrozenOutputs",
+    "cast_frozen_linears",
+    "for_autocast",
+    "frozen_outputs",
+    "keep_adapter_inputs",
+    "use_fast_dropout",
+]

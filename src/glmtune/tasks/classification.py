@@ -6,6 +6,7 @@ predictions.jsonl (test) and validation_predictions.jsonl, confusion.png and the
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -52,6 +53,7 @@ class Classification:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        self.frozen = None  # set by make_loaders
         self.loaders: dict[str, Any] = {}
         self._probs: dict[str, Any] = {}
 
@@ -107,6 +109,13 @@ class Classification:
             texts = [example.text for example in self.splits["train"]]
             self.teacher_logp = distill.teacher_log_probs(cfg, texts, self.labels)
         self.truncated = {name: ds.num_truncated for name, ds in encoded.items() if ds.num_truncated}
+        self.frozen = None  # freeze: the frozen layers' outputs, kept per training example (models.speed)
+        if cfg.method.name == "freeze" and train.adversarial.name == "none":  # FGM/PGD perturb their input
+            from glmtune.models.speed import frozen_outputs
+
+            _, layers = methods.transformer_layers(model.backbone)
+            frozen = len(layers) - cfg.method.trainable_layers
+            self.frozen = frozen_outputs(model.backbone, layers, frozen, cfg.method.frozen_cache_gb)
         return {
             "train": data_mod.make_loader(
                 encoded["train"],
@@ -143,6 +152,12 @@ class Classification:
             lines.append(f"{len(lengths)} label words, tokens {lengths}: {passes} forward pass(es) per text")
         if self.teacher_logp is not None:
             lines.append(f"distilling from {self.cfg.method.distill.teacher}")
+        if self.frozen is not None:
+            budget = self.cfg.method.frozen_cache_gb
+            lines.append(
+                f"the {self.frozen.frozen} frozen layers run once per training example: their outputs are kept "
+                f"(up to {budget:g} GB, method.frozen_cache_gb) and reused from epoch 2 on"
+            )
         sizes = " / ".join(f"{len(self.splits[n])} {n}" for n in ("train", "validation", "test"))
         return lines + [f"{sizes} examples"]
 
@@ -150,17 +165,23 @@ class Classification:
         return len(self.splits[split])
 
     # 4. the loss of one batch
+    def _frozen(self, batch: dict[str, Any]) -> Any:
+        """Lets the frozen layers reuse their kept outputs for this training batch (freeze; else nothing)."""
+        if self.frozen is None:
+            return nullcontext()
+        return self.frozen.training_batch(batch["index"], batch["attention_mask"])
+
     def loss(
         self, model: torch.nn.Module, batch: dict[str, Any], accelerator: Any
     ) -> tuple[torch.Tensor, int]:
         train = self.cfg.train
-        with accelerator.autocast():
+        with self._frozen(batch), accelerator.autocast():
             logits = model(batch["input_ids"], batch["attention_mask"])  # [batch, num_labels]
         loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=train.label_smoothing)
         if train.rdrop_alpha:  # R-Drop: a second pass under other dropout masks (glmtune.regularize)
             from glmtune.regularize import rdrop_loss
 
-            with accelerator.autocast():
+            with self._frozen(batch), accelerator.autocast():
                 logits_b = model(batch["input_ids"], batch["attention_mask"])  # [batch, num_labels]
             loss = rdrop_loss(logits, logits_b, batch["labels"], train.rdrop_alpha, train.label_smoothing)
         if self.teacher_logp is not None:
