@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -114,6 +115,11 @@ def worker_trainer(args) -> dict:
         per_device_train_batch_size=args.batch_size,
         max_steps=args.steps,
         learning_rate=2e-4,
+        # glmtune's defaults, so both follow the same schedule: 6% warm-up, linear decay, weight decay 0.01
+        warmup_steps=math.ceil(0.06 * args.steps),
+        lr_scheduler_type="linear",
+        weight_decay=0.01,
+        max_grad_norm=1.0,
         bf16=args.precision == "bf16",
         use_cpu=not torch.cuda.is_available(),
         train_sampling_strategy="group_by_length",  # transformers 5 name of group_by_length=True
