@@ -31,8 +31,44 @@ from glmtune.evaluate import classification_metrics
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def mcnemar(baseline_right: list[bool], run_dir: Path, texts: list[str]) -> dict:
-    """McNemar's exact test between the baseline and a run on the same test reviews (paired, not two samples)."""
+def paired_bootstrap(
+    run_probs: np.ndarray, base_probs: np.ndarray, gold: np.ndarray, resamples: int = 2000
+) -> dict:
+    """95% percentile intervals of the run's minus the baseline's AUC and accuracy over the same resampled reviews
+    (``*_probs``: [n, labels]; AUC one-vs-rest for more than two labels). Seeded: the same inputs, the same
+    intervals."""
+    from sklearn.metrics import roc_auc_score
+
+    def auc(probs: np.ndarray, y: np.ndarray) -> float:
+        return (
+            roc_auc_score(y, probs[:, 1])
+            if probs.shape[1] == 2
+            else roc_auc_score(y, probs, multi_class="ovr")
+        )
+
+    rng = np.random.default_rng(0)
+    auc_diffs, acc_diffs = [], []
+    run_right, base_right = run_probs.argmax(1) == gold, base_probs.argmax(1) == gold
+    for _ in range(resamples):
+        i = rng.integers(0, len(gold), len(gold))
+        if len(np.unique(gold[i])) < run_probs.shape[1]:
+            continue
+        auc_diffs.append(auc(run_probs[i], gold[i]) - auc(base_probs[i], gold[i]))
+        acc_diffs.append(run_right[i].mean() - base_right[i].mean())
+    return {
+        "auc_diff": auc(run_probs, gold) - auc(base_probs, gold),
+        "auc_diff_ci95": [float(v) for v in np.percentile(auc_diffs, [2.5, 97.5])],
+        "accuracy_diff": float(run_right.mean() - base_right.mean()),
+        "accuracy_diff_ci95": [float(v) for v in np.percentile(acc_diffs, [2.5, 97.5])],
+        "resamples": resamples,
+    }
+
+
+def mcnemar(
+    baseline_right: list[bool], run_dir: Path, texts: list[str], base_probs: np.ndarray, labels: list[str]
+) -> dict:
+    """McNemar's exact test between the baseline and a run on the same test reviews (paired, not two samples),
+    and paired bootstrap intervals of the AUC and accuracy differences."""
     from scipy.stats import binomtest
 
     rows = [
@@ -40,6 +76,8 @@ def mcnemar(baseline_right: list[bool], run_dir: Path, texts: list[str]) -> dict
     ]
     if [r["text"] for r in rows] != texts:
         raise SystemExit(f"{run_dir}/predictions.jsonl is not this config's test split (texts differ)")
+    run_probs = np.asarray([[r["probs"][label] for label in labels] for r in rows])  # [n, labels]
+    gold = np.asarray([labels.index(r["gold"]) for r in rows])  # [n]
     run_right = [r["pred"] == r["gold"] for r in rows]
     only_run = sum(r and not b for r, b in zip(run_right, baseline_right))
     only_baseline = sum(b and not r for r, b in zip(run_right, baseline_right))
@@ -50,6 +88,7 @@ def mcnemar(baseline_right: list[bool], run_dir: Path, texts: list[str]) -> dict
         "only_run_right": only_run,
         "only_baseline_right": only_baseline,
         "p_value": p_value,
+        "bootstrap": paired_bootstrap(run_probs, base_probs, gold),
     }
 
 
@@ -74,7 +113,8 @@ def run(cfg_path: str, all_train: bool, overrides: list[str], compare: Path | No
         result[split] = {k: metrics[k] for k in ("accuracy", "macro_f1", "auc", "n")}
         if split == "test" and compare is not None:
             right = [int(i) == e.label for i, e in zip(np.argmax(probs, axis=1), examples)]
-            result["mcnemar"] = mcnemar(right, compare, [e.text for e in examples])
+            texts = [e.text for e in examples]
+            result["mcnemar"] = mcnemar(right, compare, texts, np.asarray(probs), data.labels)
     return result
 
 
@@ -106,6 +146,12 @@ def main() -> None:
             print(
                 f"{'':>10}  vs the run (accuracy {m['run_accuracy']:.4f}): only the run right on "
                 f"{m['only_run_right']}, only TF-IDF on {m['only_baseline_right']}; McNemar p = {m['p_value']:.2g}"
+            )
+            b = m["bootstrap"]
+            print(
+                f"{'':>10}  run − TF-IDF, paired bootstrap 95%: AUC {b['auc_diff']:+.4f} "
+                f"[{b['auc_diff_ci95'][0]:+.4f}, {b['auc_diff_ci95'][1]:+.4f}], accuracy {b['accuracy_diff']:+.4f} "
+                f"[{b['accuracy_diff_ci95'][0]:+.4f}, {b['accuracy_diff_ci95'][1]:+.4f}]"
             )
     print(out)
 
