@@ -109,6 +109,16 @@ def rows(teacher: str) -> tuple[list[Row], list[Row]]:
             ),
         ),
         Row(
+            "pgd1",
+            "+ PGD (ε 1, 3 steps of 0.3)",
+            (
+                "train.adversarial.name=pgd",
+                "train.adversarial.epsilon=1",
+                "train.adversarial.alpha=0.3",
+                "train.adversarial.steps=3",
+            ),
+        ),
+        Row(
             "zeroshot",
             "prompt, zero-shot (no training)",
             (*PROMPT, "train.max_steps=0"),
