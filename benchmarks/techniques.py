@@ -234,6 +234,14 @@ class Bench:
         return entry
 
 
+def next_time(hh_mm: str, now: float) -> float:
+    """The first moment at or after ``now`` (epoch seconds) whose UTC clock reads ``hh_mm``: 00:30 given at 23:50
+    is 40 minutes away, not already past."""
+    hour, minute = map(int, hh_mm.split(":"))
+    moment = calendar.timegm(time.gmtime(now)[:3] + (hour, minute, 0))
+    return moment if moment >= now else moment + 24 * 3600
+
+
 def run_name(row: Row, seed: int | None) -> str:
     return row.name if seed is None else f"{row.name}-s{seed}"
 
@@ -317,7 +325,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny splits and 2 seeds: check the script")
     parser.add_argument("--no-extras", action="store_true", help="skip 64-review, dropout and cosine rows")
     parser.add_argument("--no-full", action="store_true", help="skip the full-data runs of the two best")
-    parser.add_argument("--deadline", help="UTC HH:MM: start no run after it (finished ones are kept)")
+    parser.add_argument(
+        "--deadline", help="UTC HH:MM, the next one to come: start no run after it (finished ones are kept)"
+    )
     args = parser.parse_args()
 
     global SEEDS
@@ -326,10 +336,7 @@ def main() -> None:
         SEEDS = (1, 2)
     work = Path(args.work or ("runs/techniques-quick" if args.quick else "runs/techniques"))
     results = (work / "techniques.json") if args.quick else RESULTS / "techniques.json"
-    deadline = None
-    if args.deadline:
-        hour, minute = map(int, args.deadline.split(":"))
-        deadline = calendar.timegm(time.gmtime()[:3] + (hour, minute, 0))
+    deadline = next_time(args.deadline, time.time()) if args.deadline else None
     work.mkdir(parents=True, exist_ok=True)
     bench = Bench(work, results, common, deadline)
     # The command that makes these runs; --deadline only decides how many of them one sitting gets to.

@@ -1,4 +1,4 @@
-"""benchmarks/baseline_tfidf.py's paired statistics: bootstrap intervals of AUC and accuracy differences."""
+"""Benchmark helpers: baseline_tfidf.py's paired bootstrap intervals, techniques.py's --deadline."""
 
 from __future__ import annotations
 
@@ -38,3 +38,14 @@ def test_a_better_ranker_gets_an_interval_above_zero_around_sklearns_difference(
     assert out["accuracy_diff_ci95"][0] > 0
     # Seeded: the same inputs give the same intervals.
     assert paired_bootstrap(good, noisy, gold, resamples=300) == out
+
+
+def test_the_techniques_deadline_is_the_next_such_time_of_day():
+    import calendar
+
+    from techniques import next_time
+
+    evening = calendar.timegm((2026, 11, 22, 23, 50, 0))
+    assert next_time("23:55", evening) - evening == 5 * 60
+    assert next_time("00:30", evening) - evening == 40 * 60  # after midnight: tomorrow, not already past
+    assert next_time("23:50", evening) == evening
