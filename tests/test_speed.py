@@ -119,7 +119,12 @@ def test_cast_frozen_linears_leaves_trainable_and_tied_trainable_weights(tiny_mo
 def test_attention_auto_is_eager_on_cpu_and_explicit_choices_pass_through():
     expected = None if torch.cuda.is_available() else "eager"
     assert attention(ModelConfig()) == expected
-    assert attention(ModelConfig(), "chatglm") is None  # glmtune's ChatGLM3: its SDPA path
+    from transformers import LlamaConfig
+
+    from glmtune.models.chatglm3 import ChatGLM3Config
+
+    assert attention(ModelConfig(), LlamaConfig()) == expected
+    assert attention(ModelConfig(), ChatGLM3Config()) is None  # glmtune's ChatGLM3 keeps its SDPA path
     assert attention(ModelConfig(attn_implementation="sdpa")) == "sdpa"
     with pytest.raises(UserError, match="model.attn_implementation"):
         ModelConfig(attn_implementation="flash")
@@ -136,7 +141,7 @@ def test_frozen_outputs_are_reused_whatever_the_batch_around_them(tiny_model_dir
     inner = body.layers[0]
     calls = []
     inner.register_forward_hook(lambda *_: calls.append(1))
-    cache = frozen_outputs(body, body.layers, 1, budget_gb=1.0)
+    cache = frozen_outputs(body, body.layers, budget_gb=1.0)
     assert cache is not None and cache.frozen == 1
 
     generator = torch.Generator().manual_seed(0)
@@ -176,12 +181,14 @@ def test_frozen_outputs_respect_the_budget_and_dropout(tiny_model_dir):
     from glmtune.models.speed import frozen_outputs
 
     body = AutoModel.from_pretrained(tiny_model_dir)
-    assert frozen_outputs(body, body.layers, 0, budget_gb=1.0) is None  # nothing frozen
-    assert frozen_outputs(body, body.layers, 1, budget_gb=0.0) is None  # turned off
+    assert frozen_outputs(body, body.layers, budget_gb=1.0) is None  # nothing frozen
+    body.layers[0].requires_grad_(False)  # what freeze with one trainable layer leaves
+    assert frozen_outputs(body, body.layers, budget_gb=0.0) is None  # turned off
     body.config.attention_dropout = 0.1  # train.dropout sets the config's rates: outputs are random
-    assert frozen_outputs(body, body.layers, 1, budget_gb=1.0) is None
+    assert frozen_outputs(body, body.layers, budget_gb=1.0) is None
     body.config.attention_dropout = 0.0
-    cache = frozen_outputs(body, body.layers, 1, budget_gb=500 * 4 / 2**30)  # 500 fp32 numbers
+    cache = frozen_outputs(body, body.layers, budget_gb=500 * 4 / 2**30)  # 500 fp32 numbers
+    assert cache.frozen == 1
     ids = torch.randint(4, body.config.vocab_size, (2, 8))
     with torch.no_grad(), cache.training_batch(torch.tensor([0, 1]), torch.ones_like(ids)):
         body(input_ids=ids)

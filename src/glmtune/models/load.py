@@ -229,19 +229,21 @@ def load_config(cfg: ModelConfig) -> Any:
     return AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, local_files_only=True)
 
 
-def attention(cfg: ModelConfig, model_type: str | None = None) -> str | None:
+def attention(cfg: ModelConfig, model_config: Any = None) -> str | None:
     """The attention kernel to build the model with; None: the model's default (sdpa where supported).
 
-    ``auto`` is ``eager`` on a CPU-only machine for transformers' models: a LoRA SFT step there was 10–13% faster
-    with it at 48–256 tokens (``benchmarks/sft_throughput.py``), the CPU flash-attention backward being slow at
-    these lengths. It keeps the attention probabilities for the backward ([batch, heads, seq, seq]): for
-    sequences of thousands of tokens on a CPU, ``model.attn_implementation: sdpa`` uses less memory. glmtune's
-    ChatGLM3 keeps SDPA: its eager path is the fp32 reference path kept for parity checks."""
+    ``auto`` is ``eager`` on a CPU-only machine for transformers' own model classes: a LoRA SFT step there was
+    10–13% faster with it at 48–256 tokens (``benchmarks/sft_throughput.py``), the CPU flash-attention backward
+    being slow at these lengths. It keeps the attention probabilities for the backward ([batch, heads, seq, seq]):
+    for sequences of thousands of tokens on a CPU, ``model.attn_implementation: sdpa`` uses less memory. Models
+    whose config class is not transformers' (glmtune's ChatGLM3, whose eager path is its fp32 reference for parity
+    checks; remote code) keep their default."""
     import torch
 
     if cfg.attn_implementation != "auto":
         return cfg.attn_implementation
-    return None if torch.cuda.is_available() or model_type == "chatglm" else "eager"
+    own = model_config is None or type(model_config).__module__.startswith("transformers.")
+    return None if torch.cuda.is_available() or not own else "eager"
 
 
 def _from_pretrained(
@@ -268,7 +270,7 @@ def _from_pretrained(
                 path,
                 config=config,
                 dtype=getattr(torch, cfg.dtype),
-                attn_implementation=attention(cfg, model_type),
+                attn_implementation=attention(cfg, config),
                 **common,
             )
         unpack_on_cpu(model)  # narrow layers cannot take bitsandbytes' packed CPU layout

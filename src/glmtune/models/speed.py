@@ -1,14 +1,15 @@
 """Make a loaded model train faster without changing what it computes.
 
-Measured on the 2-core CPU (``benchmarks/sft_throughput.py``, README "Speed"): a LoRA step spends more time in
-what surrounds the matrix products than in them. Two of those costs are avoidable:
+Measured on the 2-core CPU (``benchmarks/sft_throughput.py``, README "SFT throughput"): a LoRA step spends more
+time in what surrounds the matrix products than in them. Two of those costs are avoidable:
 
 * **Autocast re-casts frozen weights at every forward.** Under bf16 autocast, ``F.linear`` casts an fp32 weight
   to bf16 each call and caches the cast only for weights that require grad, so every frozen weight of the base
   model (LoRA, freeze, P-tuning) is converted again at every forward. :func:`cast_frozen_linears` stores those
   weights in the autocast dtype once: autocast would have cast them to exactly these values, so the products are
-  bit-for-bit the same (tested). Only ``nn.Linear`` weights and biases: norms, embeddings (and LM heads tied to
-  them) keep their dtype, because autocast does not cast them and the numbers would change.
+  bit-for-bit the same (tested). Only ``nn.Linear`` weights and biases: norms and embeddings keep their dtype,
+  because autocast does not cast them and the numbers would change (an LM head tied to the embeddings gets its own
+  copy). peft's adapters then take their input in the autocast dtype instead of an fp32 copy of it.
 * **Dropout draws one 32-bit random number per element.** peft's LoRA dropout (``nn.Dropout`` on each adapter's
   input) runs ``bernoulli_`` over every activation entering every adapted layer. :class:`FastDropout` takes the
   same Bernoulli mask from 16-bit slices of 64-bit random words (four draws per word), with ``p`` rounded to a
@@ -197,12 +198,13 @@ class _CachedLayer(nn.Module):
         return output
 
 
-def frozen_outputs(
-    backbone: nn.Module, layers: nn.ModuleList, frozen: int, budget_gb: float
-) -> FrozenOutputs | None:
-    """A :class:`FrozenOutputs` over ``layers[:frozen]`` of ``backbone`` (frozen already), or None when their
-    output is random (any dropout rate in the model's config, e.g. from ``train.dropout``, or a dropout module in
-    those layers) or there is no budget or nothing frozen."""
+def frozen_outputs(backbone: nn.Module, layers: nn.ModuleList, budget_gb: float) -> FrozenOutputs | None:
+    """A :class:`FrozenOutputs` over the leading ``layers`` of ``backbone`` that have nothing to train (what the
+    method froze), or None when their output is random (any dropout rate in the model's config, e.g. from
+    ``train.dropout``, or a dropout module in those layers) or there is no budget or nothing frozen."""
+    frozen = 0
+    while frozen < len(layers) and not any(p.requires_grad for p in layers[frozen].parameters()):
+        frozen += 1
     config = getattr(backbone, "config", None)
     rates = (
         [v for k, v in vars(config).items() if "dropout" in k and isinstance(v, (int, float))]
@@ -212,7 +214,7 @@ def frozen_outputs(
     random = any(r > 0 for r in rates) or any(
         isinstance(m, nn.Dropout) and m.p > 0 for layer in layers[:frozen] for m in layer.modules()
     )
-    if budget_gb <= 0 or frozen <= 0 or random:
+    if budget_gb <= 0 or frozen == 0 or random:
         return None
     return FrozenOutputs(layers, frozen, int(budget_gb * 2**30))
 

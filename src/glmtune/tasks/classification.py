@@ -114,8 +114,7 @@ class Classification:
             from glmtune.models.speed import frozen_outputs
 
             _, layers = methods.transformer_layers(model.backbone)
-            frozen = len(layers) - cfg.method.trainable_layers
-            self.frozen = frozen_outputs(model.backbone, layers, frozen, cfg.method.frozen_cache_gb)
+            self.frozen = frozen_outputs(model.backbone, layers, cfg.method.frozen_cache_gb)
         return {
             "train": data_mod.make_loader(
                 encoded["train"],
