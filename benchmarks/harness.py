@@ -28,6 +28,7 @@ def glmtune_rate(run_dir: Path) -> dict[str, Any]:
         "final_loss": last["loss"],
         "mean_loss": sum(r["loss"] for r in train)
         / len(train),  # every step (log_steps=1): the loss curve's level
+        "losses": [r["loss"] for r in train],
     }
 
 
@@ -65,7 +66,20 @@ class TrainerClock:
             "steps": len(self.marks) - 1,
             "final_loss": self.losses[-1] if self.losses else None,
             "mean_loss": sum(self.losses) / len(self.losses) if self.losses else None,
+            "losses": self.losses,
         }
+
+
+def compare_losses(trainer: list[float], glmtune: list[float]) -> dict[str, float]:
+    """Step-by-step agreement of two per-step loss curves over the same batches (the shorter's length)."""
+    pairs = list(zip(trainer, glmtune))
+    diffs = [abs(a - b) for a, b in pairs]
+    return {
+        "steps": len(pairs),
+        "mean_abs_diff": sum(diffs) / len(diffs),
+        "max_abs_diff": max(diffs),
+        "mean_rel_diff": sum(d / abs(a) for d, (a, _) in zip(diffs, pairs)) / len(pairs),
+    }
 
 
 def worker_output(result: dict[str, Any]) -> None:

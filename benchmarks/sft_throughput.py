@@ -1,16 +1,26 @@
 """SFT training throughput and peak memory: glmtune against a plain transformers ``Trainer`` + peft, same run.
 
-Both sides get the same model, the same conversations (the first N of glmtune's SFT training split of a
-built-in dataset), encoded once by glmtune's chat template into identical ``input_ids`` and ``labels`` (the
-Trainer side receives those token ids, so templates and label masks cannot differ), the same batch size,
-sequence cut, LoRA settings (r=8, alpha=16, dropout 0.05, all linear layers, never the LM head), AdamW,
-learning rate, precision and length-grouped batches. Each runs in its own child process so peak RSS is its
-own. Throughput counts only real (non-padding) tokens, timed from the end of the first optimizer step to the
-end of the last (model loading, the warm-up step and glmtune's evaluations excluded).
+Both sides get the same model, the same conversations (glmtune's SFT training split of a built-in dataset),
+encoded once by glmtune's chat template into identical ``input_ids`` and ``labels`` (the Trainer side receives
+those token ids, so templates and label masks cannot differ), the same batch size, sequence cut, LoRA settings
+(r=8, alpha=16, dropout 0.05, all linear layers, never the LM head), AdamW, learning rate, schedule and
+precision. Batches, two ways (``--batches``):
 
-    .venv/bin/python benchmarks/sft_throughput.py [--model smollm2-135m-instruct] [--steps 40] [--batch-size 8]
+* ``own`` (default): each side batches as it does for a user. glmtune with its length-grouped sampler, the
+  Trainer with its own (``train_sampling_strategy="group_by_length"``). This is what switching tools buys,
+  padding included; the loss curves are comparable in level (``mean_loss``), not step by step.
+* ``same``: the Trainer gets glmtune's batches of its first epoch, in order (a dataset in that order with
+  sequential sampling): the engines alone, and the two loss curves comparable step by step (``loss_curve``);
+  what differs is LoRA's random init of A and the dropout draws.
 
-Writes benchmarks/results/sft_throughput.json (``--out`` to change) and prints the ratio glmtune / Trainer.
+Each side runs in its own child process so peak RSS is its own. Throughput counts only real (non-padding)
+tokens, timed from the end of the first optimizer step to the end of the last (model loading, the warm-up step
+and glmtune's evaluations excluded). ``--steps`` is at most glmtune's full batches in one epoch.
+
+    .venv/bin/python benchmarks/sft_throughput.py [--steps 40] [--batches own|same] [--model …] [--batch-size 8]
+
+Writes benchmarks/results/sft_throughput.json (``own``) or sft_throughput_same.json (``same``), ``--out`` to
+change, and prints the ratio glmtune / Trainer.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import TrainerClock, glmtune_rate, run_child, worker_output  # noqa: E402
+from harness import TrainerClock, compare_losses, glmtune_rate, run_child, worker_output  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
@@ -36,7 +46,6 @@ def overrides(args) -> list[str]:
         f"model.name_or_path={args.model}",
         f"data.dataset={args.dataset}",
         f"data.template={args.template}",
-        f"data.max_train_samples={args.steps * args.batch_size}",
         "data.validation_size=8",
         "data.test_size=8",
         "method.name=lora",
@@ -48,7 +57,7 @@ def overrides(args) -> list[str]:
         f"train.max_seq_len={args.max_seq_len}",
         "train.lr=2e-4",
         "train.log_steps=1",
-        f"train.mixed_precision={args.precision}",
+        f"train.mixed_precision='{args.precision}'",  # quoted: YAML reads a bare no as false
         f"train.eval_steps={args.steps}",
         "generate.max_new_tokens=8",
     ]
@@ -67,6 +76,18 @@ def shared_examples(args) -> list[tuple[list[int], list[int]]]:
         tokenizer, load_sft(cfg.data).train, cfg.data.template, max_seq_len=cfg.train.max_seq_len
     )
     return [(list(e.input_ids), list(e.labels)) for e in encoded.examples]
+
+
+def glmtune_order(args, lengths: list[int]) -> list[int]:
+    """The example indices in the order glmtune's training loader yields them: its batches, concatenated."""
+    from glmtune import config
+    from glmtune.data.encode import LengthGroupedBatchSampler
+
+    train = config.load(None, overrides(args)).train
+    sampler = LengthGroupedBatchSampler(
+        lengths, train.batch_size, train.seed, shuffle=True, group_by_length=train.group_by_length
+    )
+    return [index for batch in sampler.batches() for index in batch]
 
 
 def worker_glmtune(args) -> dict:
@@ -105,6 +126,8 @@ def worker_trainer(args) -> dict:
             target_modules="all-linear",
         ),
     )
+    if args.batches == "same":
+        examples = [examples[i] for i in glmtune_order(args, [len(ids) for ids, _ in examples])]
     dataset = [
         {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels} for ids, labels in examples
     ]
@@ -122,7 +145,8 @@ def worker_trainer(args) -> dict:
         max_grad_norm=1.0,
         bf16=args.precision == "bf16",
         use_cpu=not torch.cuda.is_available(),
-        train_sampling_strategy="group_by_length",  # transformers 5 name of group_by_length=True
+        # same: the dataset is already in glmtune's batch order; own: the Trainer's length grouping
+        train_sampling_strategy="sequential" if args.batches == "same" else "group_by_length",
         logging_steps=1,
         save_strategy="no",
         report_to=[],
@@ -143,7 +167,16 @@ def worker_trainer(args) -> dict:
 
 def child(kind: str, args) -> dict:
     argv = []
-    for name in ("model", "dataset", "template", "steps", "batch_size", "max_seq_len", "precision"):
+    for name in (
+        "model",
+        "dataset",
+        "template",
+        "steps",
+        "batch_size",
+        "max_seq_len",
+        "precision",
+        "batches",
+    ):
         argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return run_child(__file__, kind, argv)
 
@@ -153,13 +186,14 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--dataset", default="chatterbot-zh")
     parser.add_argument("--template", default="chatml")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=40)  # one epoch of full batches at most
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-seq-len", type=int, default=256)
     parser.add_argument(
         "--precision", choices=["bf16", "no"], default=None, help="default: bf16 where native"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS / "sft_throughput.json")
+    parser.add_argument("--batches", choices=["own", "same"], default="own", help="see the module docstring")
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/sft_throughput[_same].json")
     parser.add_argument("--worker", choices=["glmtune", "trainer"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.precision is None:
@@ -170,6 +204,12 @@ def main() -> None:
     if args.worker:
         worker_output(worker_glmtune(args) if args.worker == "glmtune" else worker_trainer(args))
         return
+    available = len(shared_examples(args))
+    if available < args.steps * args.batch_size:  # the short batch, or a second epoch: the sides would part
+        raise SystemExit(
+            f"{args.dataset} has {available} training conversations: at most "
+            f"--steps {available // args.batch_size} full batches of {args.batch_size} in one epoch"
+        )
     results = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "out")} | {"lora": LORA},
         "trainer": child("trainer", args),
@@ -177,6 +217,11 @@ def main() -> None:
     }
     results["speedup"] = results["glmtune"]["tokens_per_s"] / results["trainer"]["tokens_per_s"]
     results["rss_ratio"] = results["glmtune"]["peak_rss_mib"] / results["trainer"]["peak_rss_mib"]
+    if args.batches == "same":  # step by step only over the same batches
+        results["loss_curve"] = compare_losses(results["trainer"]["losses"], results["glmtune"]["losses"])
+    args.out = args.out or RESULTS / (
+        "sft_throughput.json" if args.batches == "own" else "sft_throughput_same.json"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     for kind in ("trainer", "glmtune"):
@@ -186,6 +231,12 @@ def main() -> None:
             f"peak RSS {r['peak_rss_mib']:7.0f} MiB · final loss {r['final_loss']:.4f}"
         )
     print(f"glmtune / Trainer: {results['speedup']:.2f}× tokens/s, {results['rss_ratio']:.2f}× peak RSS")
+    curve = results.get("loss_curve")
+    if curve:
+        print(
+            f"loss curves over the same {curve['steps']} batches: mean |difference| "
+            f"{curve['mean_abs_diff']:.4f} ({100 * curve['mean_rel_diff']:.2f}%), largest {curve['max_abs_diff']:.4f}"
+        )
     print(args.out)
 
 

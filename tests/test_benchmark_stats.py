@@ -1,4 +1,5 @@
-"""Benchmark helpers: baseline_tfidf.py's paired bootstrap intervals, techniques.py's --deadline."""
+"""Benchmark helpers: baseline_tfidf.py's paired bootstrap intervals, techniques.py's --deadline, and
+sft_throughput.py's shared batch order and loss-curve comparison."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from baseline_tfidf import paired_bootstrap  # noqa: E402
+from harness import compare_losses  # noqa: E402
 
 
 def _probs(p_positive: np.ndarray) -> np.ndarray:
@@ -49,3 +51,36 @@ def test_the_techniques_deadline_is_the_next_such_time_of_day():
     assert next_time("23:55", evening) - evening == 5 * 60
     assert next_time("00:30", evening) - evening == 40 * 60  # after midnight: tomorrow, not already past
     assert next_time("23:50", evening) == evening
+
+
+def test_compare_losses_pairs_steps():
+    out = compare_losses([2.0, 1.0, 4.0], [2.5, 1.0, 3.0, 9.9])  # the longer curve's extra step is ignored
+    assert out["steps"] == 3
+    assert np.isclose(out["mean_abs_diff"], 0.5) and out["max_abs_diff"] == 1.0
+    assert np.isclose(out["mean_rel_diff"], (0.25 + 0 + 0.25) / 3)
+
+
+def test_the_trainer_gets_glmtunes_batches_in_glmtunes_order():
+    """sft_throughput hands the Trainer glmtune's length-grouped batches, concatenated, for sequential sampling:
+    8 at a time they are exactly the batches glmtune's own training loader yields."""
+    from types import SimpleNamespace
+
+    from sft_throughput import glmtune_order
+
+    from glmtune.data.sft import make_sft_loader
+    from glmtune.data.templates import EncodedConversation
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 40, 100).tolist()
+    args = SimpleNamespace(
+        model="m", dataset="d", template="chatml", steps=12, batch_size=8, max_seq_len=64, precision="no"
+    )
+    order = glmtune_order(args, lengths)
+    assert sorted(order) == list(range(100))
+    examples = [EncodedConversation(input_ids=[1] * n, labels=[1] * n) for n in lengths]
+    loader = make_sft_loader(examples, batch_size=8, pad_id=0, seed=42, shuffle=True)
+    batches = [b["index"].tolist() for b in loader]
+    assert [order[i : i + 8] for i in range(0, 100, 8)] == batches
+    # Length-grouped: batches are far less mixed in length than the shuffled order would be.
+    spread = np.mean([np.ptp([lengths[i] for i in b]) for b in batches])
+    assert spread < 0.5 * np.ptp(lengths)
