@@ -1,7 +1,7 @@
 """Make a loaded model train faster without changing what it computes.
 
 Measured on the 2-core CPU (``benchmarks/sft_throughput.py``, README "SFT throughput"): a LoRA step spends more
-time in what surrounds the matrix products than in them. Two of those costs are avoidable:
+time in what surrounds the matrix products than in them. Three of those costs are avoidable:
 
 * **Autocast re-casts frozen weights at every forward.** Under bf16 autocast, ``F.linear`` casts an fp32 weight
   to bf16 each call and caches the cast only for weights that require grad, so every frozen weight of the base
@@ -14,7 +14,6 @@ time in what surrounds the matrix products than in them. Two of those costs are 
   input) runs ``bernoulli_`` over every activation entering every adapted layer. :class:`FastDropout` takes the
   same Bernoulli mask from 16-bit slices of 64-bit random words (four draws per word), with ``p`` rounded to a
   multiple of 1/65536 (0.05 → 0.049988…), and scales kept values by ``1 / (1 - p)`` as ``nn.Dropout`` does.
-
 * **peft's LoRA update takes three extra passes over the layer's output.** ``B(A(x)) * scaling`` is built as
   its own [tokens, out] tensor, scaled into a second and added to the base output in a third, and the backward
   scales the [tokens, out] gradient once more. :class:`FusedLora` (a peft LoRA variant) adds the update into the
@@ -172,7 +171,7 @@ def fuse_lora(model: nn.Module) -> int:
             continue
         for name in module.lora_A:
             dropout = module.lora_dropout[name]
-            if name in module.lora_variant or module.lora_bias[name] or module.lora_B[name].bias is not None:
+            if name in module.lora_variant or module.lora_bias[name]:  # another variant; B has a bias
                 continue
             if not isinstance(dropout, (FastDropout, nn.Identity)):
                 continue
