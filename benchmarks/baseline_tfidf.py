@@ -24,9 +24,9 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from glmtune import config
+from glmtune.core import config
 from glmtune.data import load_classification
-from glmtune.evaluate import classification_metrics
+from glmtune.metrics import classification_metrics
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -40,7 +40,7 @@ def measure(model_name: str, mode: str) -> dict:
     """Load ``model_name`` in ``mode`` (this process only), then one forward pass on ``TEXT``."""
     import torch
 
-    from glmtune import config as config_mod
+    from glmtune.core import config as config_mod
     from glmtune.models.load import load_causal_lm, load_tokenizer
 
     torch.set_num_threads(1)

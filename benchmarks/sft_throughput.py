@@ -65,7 +65,7 @@ def overrides(args) -> list[str]:
 
 def shared_examples(args) -> list[tuple[list[int], list[int]]]:
     """glmtune's encoded training conversations (ids, labels): exactly what its own run trains on."""
-    from glmtune import config
+    from glmtune.core import config
     from glmtune.data.sft import load_sft
     from glmtune.data.templates import encode_conversations
     from glmtune.models.load import load_tokenizer
@@ -80,7 +80,7 @@ def shared_examples(args) -> list[tuple[list[int], list[int]]]:
 
 def glmtune_order(args, lengths: list[int]) -> list[int]:
     """The example indices in the order glmtune's training loader yields them: its batches, concatenated."""
-    from glmtune import config
+    from glmtune.core import config
     from glmtune.data.encode import LengthGroupedBatchSampler
 
     train = config.load(None, overrides(args)).train
@@ -110,7 +110,7 @@ def worker_trainer(args) -> dict:
         TrainingArguments,
     )
 
-    from glmtune.config import ModelConfig
+    from glmtune.core.config import ModelConfig
     from glmtune.models import load_tokenizer, resolve_builtin
 
     examples = shared_examples(args)
@@ -197,8 +197,8 @@ def main() -> None:
     parser.add_argument("--worker", choices=["glmtune", "trainer"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.precision is None:
-        from glmtune.config import TrainConfig
-        from glmtune.train import mixed_precision
+        from glmtune.core.config import TrainConfig
+        from glmtune.models.precision import mixed_precision
 
         args.precision = "bf16" if mixed_precision(TrainConfig()) == "bf16" else "no"
     if args.worker:

@@ -17,7 +17,7 @@ Also: prompt learning (PET verbalizer zero-shot, fine-tuned through the prompt; 
 from ``--teacher`` (a finished run of the demo recipe on all training reviews: ``glmtune train
 examples/sentiment.yaml train.epochs=1 train.eval_steps=300``; without ``--teacher`` that one is trained first, ~8
 minutes on 2 cores), ensembles of the
-three baseline seeds (glmtune.ensemble), prompt vs head at 64 / 256 / all reviews, and full data (all training
+three baseline seeds (glmtune.infer.ensemble), prompt vs head at 64 / 256 / all reviews, and full data (all training
 reviews, 1 epoch, seed 1) for the two techniques with the best mean accuracy at 256.
 
 Order: the baseline's 3 seeds (the noise level; the ensembles), then the other rows seed by seed (every row at
@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glmtune import config
-from glmtune.runs import atomic_write_json, atomic_write_text, read_json
+from glmtune.core import config
+from glmtune.core.runs import atomic_write_json, atomic_write_text, read_json
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -212,7 +212,7 @@ class Bench:
 
     def ensemble(self, name: str, members: list[str], method: str) -> dict[str, Any] | None:
         """A glmtune ensemble of finished runs (cheap: it reads their prediction files)."""
-        from glmtune import ensemble
+        from glmtune.infer import ensemble
 
         folders = [self.data["runs"][m]["folder"] for m in members]
         cached = self.data["runs"].get(name)

@@ -28,7 +28,7 @@ LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
 
 def shared_data(args) -> tuple[list[str], list[int], list[str]]:
     """The first steps × batch reviews of glmtune's own training split for the sentiment example."""
-    from glmtune import config
+    from glmtune.core import config
     from glmtune.data import load_classification
 
     cfg = config.load(None, [f"data.max_train_samples={args.steps * args.batch_size}"])
@@ -73,7 +73,7 @@ def worker_trainer(args) -> dict:
         TrainingArguments,
     )
 
-    from glmtune.config import ModelConfig
+    from glmtune.core.config import ModelConfig
     from glmtune.models import load_tokenizer, resolve_builtin
 
     texts, labels, names = shared_data(args)

@@ -103,8 +103,8 @@ def test_missing_weighted_train_file(tmp_path, tiny_model_dir, capsys):
 
 def test_predict_on_a_prompt_file_that_ends_with_a_reply(tmp_path, capsys):
     """predict reads prompts: a messages record must end with the user's turn (checked before loading a model)."""
-    from glmtune.errors import UserError
-    from glmtune.replies import read_prompts
+    from glmtune.core.errors import UserError
+    from glmtune.infer.lm import read_prompts
 
     bad = write_jsonl(tmp_path / "p.jsonl", [GOOD[0]])
     with pytest.raises(UserError) as info:

@@ -15,7 +15,7 @@ import yaml
 from safetensors.torch import load_file
 
 from glmtune.cli import main
-from glmtune.errors import UserError
+from glmtune.core.errors import UserError
 from tests.chatglm3.helpers import require_shared
 from tests.conftest import tiny_config
 
@@ -72,8 +72,8 @@ def initial_prefix(cfg: dict) -> dict:
     """The prefix encoder a run starts from: built like train.py builds it (seeded, then the loader), not trained."""
     from accelerate.utils import set_seed
 
-    from glmtune import config as config_mod
     from glmtune import methods
+    from glmtune.core import config as config_mod
     from glmtune.models.load import load_backbone, load_config
 
     resolved = config_mod.from_dict(cfg)
@@ -145,8 +145,8 @@ def test_chatglm3_trains_and_reloads(tmp_path, chatglm3_dir, sentiment_file, var
 
 def test_ptuning_on_a_model_without_a_prefix_encoder_is_one_line(tmp_path, tiny_model_dir, sentiment_file):
     """A non-ChatGLM3 model is refused before it loads (field method.name), not silently given a dead setting."""
-    from glmtune import config as config_mod
     from glmtune import methods
+    from glmtune.core import config as config_mod
     from glmtune.models.load import load_config
 
     cfg = config_mod.from_dict(tiny_config(tiny_model_dir, sentiment_file, method={"name": "ptuning"}))

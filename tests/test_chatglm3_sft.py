@@ -82,8 +82,8 @@ def test_chatglm3_tool_calling_sft(tmp_path, chatglm3_dir, method, template, cap
 
     # Generation stops on the chat format's stop ids (</s>, <|user|>, <|observation|>), never printing them.
     from glmtune.data.templates import stop_ids
+    from glmtune.infer.lm import load_run
     from glmtune.models.chatglm3.chat_format import stop_ids as chatglm3_stop_ids
-    from glmtune.replies import load_run
 
     loaded = load_run(run)
     assert (

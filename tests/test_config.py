@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from glmtune import config
-from glmtune.errors import UserError
+from glmtune.core import config
+from glmtune.core.errors import UserError
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
 

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from glmtune.core.errors import UserError
 from glmtune.data.builtin import get_dataset, list_datasets
 from glmtune.data.conversation import (
     Conversation,
@@ -15,7 +16,6 @@ from glmtune.data.conversation import (
     load_conversations,
     mix,
 )
-from glmtune.errors import UserError
 
 from .conftest import write_jsonl
 

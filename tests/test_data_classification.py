@@ -7,10 +7,10 @@ from collections import Counter
 
 import pytest
 
-from glmtune.config import DataConfig
+from glmtune.core.config import DataConfig
+from glmtune.core.errors import UserError
 from glmtune.data import builtin
 from glmtune.data.classification import load_classification, load_labelled_file
-from glmtune.errors import UserError
 
 
 def write_jsonl(path, rows):

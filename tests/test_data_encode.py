@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from glmtune.core.errors import UserError
 from glmtune.data import Example
 from glmtune.data.encode import (
     ClassificationDataset,
@@ -15,9 +16,8 @@ from glmtune.data.encode import (
     encode_examples,
     encode_texts,
     make_loader,
-    pad_token_id,
 )
-from glmtune.errors import UserError
+from glmtune.models.load import pad_token_id
 
 CHARS = "abcdefghijklmnopqrstuvwxyz 好差"
 PAD, UNK, BOS, EOS = 0, 1, 2, 3

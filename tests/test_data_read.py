@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from glmtune.core.errors import UserError
 from glmtune.data.read import read_records, require_columns, where
-from glmtune.errors import UserError
 
 
 def write(tmp_path, name: str, content: str | bytes):

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from glmtune import distill
 from glmtune.cli import main
-from glmtune.errors import UserError
+from glmtune.core.errors import UserError
+from glmtune.train.techniques import distill
 from tests.conftest import tiny_config
 from tests.test_smoke_sft import chat_file, sft_config  # noqa: F401 (chat_file: a fixture)
 from tests.test_smoke_train import train, write_config

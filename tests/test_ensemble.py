@@ -13,8 +13,8 @@ import pytest
 import yaml
 from sklearn.metrics import accuracy_score, log_loss
 
-from glmtune import ensemble
 from glmtune.cli import main
+from glmtune.infer import ensemble
 from tests.conftest import tiny_config, write_jsonl
 
 LABELS = ["neg", "pos"]

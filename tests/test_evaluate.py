@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from glmtune.evaluate import (
+from glmtune.metrics import (
     classification_metrics,
     format_metrics_table,
     plot_confusion,

@@ -60,9 +60,9 @@ def plain_python(script: str, *args: str) -> dict | list:
 
 def run_logits(run: Path) -> torch.Tensor:
     """Base model + the run's weights, as glmtune loads the run folder (the reference)."""
-    from glmtune import replies
+    from glmtune.infer import lm
 
-    loaded = replies.load_run(run)
+    loaded = lm.load_run(run)
     with torch.no_grad():
         return loaded.model(input_ids=torch.tensor(IDS)).logits  # [1, seq, vocab]
 
@@ -83,7 +83,7 @@ def train_classifier(tmp_path: Path, cfg: dict) -> Path:
 @pytest.mark.usefixtures("reset_accelerate")
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_merged_sft_loads_in_plain_transformers(tmp_path, tiny_model_dir, chat_file, method):  # noqa: F811
-    from glmtune import replies
+    from glmtune.infer import lm
 
     run = train(tmp_path, sft_config(tiny_model_dir, {"train_file": str(chat_file)}, method={"name": method}))
     out = tmp_path / "merged"
@@ -99,7 +99,7 @@ def test_merged_sft_loads_in_plain_transformers(tmp_path, tiny_model_dir, chat_f
     )
     torch.testing.assert_close(torch.tensor(plain["logits"]), reference, atol=1e-4, rtol=0)
     # The run's template (plain) as a Jinja chat template, and its stop ids in generation_config.json.
-    loaded = replies.load_run(run)
+    loaded = lm.load_run(run)
     from glmtune.data.conversation import Message
 
     messages = [Message("system", "sys"), Message("user", "这个好")]
@@ -113,15 +113,15 @@ def test_merged_sft_loads_in_plain_transformers(tmp_path, tiny_model_dir, chat_f
 @pytest.mark.usefixtures("reset_accelerate")
 def test_merged_classifier_body_and_head(tmp_path, tiny_model_dir, sentiment_file, capsys):
 
-    from glmtune import classify, export
+    from glmtune.infer import classifier, export
 
     run = train_classifier(tmp_path, tiny_config(tiny_model_dir, sentiment_file))
     out = tmp_path / "merged"
     main(["export", str(run), "--out", str(out), "--merge"])
     assert {"head.safetensors", "labels.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
     texts = ["这个东西非常好", "物流真慢，差"]
-    reference = classify.predict_texts(classify.load_run(run), texts)  # [2, labels]
-    again = classify.predict_texts(export.load_export(out), texts)
+    reference = classifier.predict_texts(classifier.load_run(run), texts)  # [2, labels]
+    again = classifier.predict_texts(export.load_export(out), texts)
     torch.testing.assert_close(again, reference, atol=1e-5, rtol=0)
     plain = plain_python(PLAIN_CLASSIFIER, str(out), texts[0])  # README's snippet, pooling "last"
     torch.testing.assert_close(torch.tensor(plain), reference[0], atol=1e-5, rtol=0)
@@ -130,7 +130,7 @@ def test_merged_classifier_body_and_head(tmp_path, tiny_model_dir, sentiment_fil
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (
         row["probs"]
-        == classify.prediction(reference[1], json.loads((out / "labels.json").read_text()))["probs"]
+        == classifier.prediction(reference[1], json.loads((out / "labels.json").read_text()))["probs"]
     )
 
 
@@ -139,7 +139,7 @@ def test_merged_classifier_body_and_head(tmp_path, tiny_model_dir, sentiment_fil
 
 @pytest.mark.usefixtures("reset_accelerate")
 def test_int8_sft_export_reloads_and_reports(tmp_path, tiny_model_dir, chat_file, capsys):  # noqa: F811
-    from glmtune import export, replies
+    from glmtune.infer import export, lm
     from glmtune.models import int8
 
     run = train(tmp_path, sft_config(tiny_model_dir, {"train_file": str(chat_file)}))
@@ -153,7 +153,7 @@ def test_int8_sft_export_reloads_and_reports(tmp_path, tiny_model_dir, chat_file
     assert abs(report["delta"]["loss"]) < 0.05, "int8 barely moves the loss"
     assert report["weights_mb"]["int8"] < report["weights_mb"]["fp32"]
     # The folder reloads to exactly the model that was measured: merged, then quantized in memory.
-    loaded = replies.load_run(run)
+    loaded = lm.load_run(run)
     merged = export.merge(loaded)
     with torch.no_grad():
         fp32 = merged(input_ids=torch.tensor(IDS)).logits
@@ -172,7 +172,7 @@ def test_int8_sft_export_reloads_and_reports(tmp_path, tiny_model_dir, chat_file
 @pytest.mark.usefixtures("reset_accelerate")
 def test_int8_classifier_export_reports_accuracy(tmp_path, tiny_model_dir, sentiment_file, capsys):
 
-    from glmtune import classify, export
+    from glmtune.infer import classifier, export
 
     cfg = tiny_config(tiny_model_dir, sentiment_file, method={"name": "freeze", "trainable_layers": 1})
     run = train_classifier(tmp_path, cfg)
@@ -198,8 +198,8 @@ def test_int8_classifier_export_reports_accuracy(tmp_path, tiny_model_dir, senti
         report["int8"]["accuracy"] - report["fp32"]["accuracy"]
     )
     texts = ["这个东西非常好", "物流真慢，差"]
-    reference = classify.predict_texts(classify.load_run(run), texts)
-    again = classify.predict_texts(export.load_export(out), texts)
+    reference = classifier.predict_texts(classifier.load_run(run), texts)
+    again = classifier.predict_texts(export.load_export(out), texts)
     assert (again - reference).abs().max() < 0.02
     assert "int8" in (out / "README.md").read_text()
 
@@ -219,7 +219,7 @@ def export_fails(*argv: str, capsys) -> str:
 @pytest.fixture
 def fake_run(tmp_path) -> Path:
     """A run folder with its marker and config but no trained weights (training never finished)."""
-    from glmtune.runs import RunDir
+    from glmtune.core.runs import RunDir
 
     run = RunDir(tmp_path / "run")
     run.create()
@@ -279,7 +279,7 @@ def test_nothing_requested(tmp_path, fake_run, capsys):
                          ids=["lora", "ptuning"])  # fmt: skip
 def test_chatglm3_export_loads_with_glmtune(tmp_path, chatglm3_dir, method):  # noqa: F811
     """Merged LoRA, and a P-tuning prefix exported inside the model (config.json pre_seq_len): the same logits."""
-    from glmtune import export, replies
+    from glmtune.infer import export, lm
     from tests.conftest import write_jsonl
     from tests.test_chatglm3_sft import tool_rows
 
@@ -295,7 +295,7 @@ def test_chatglm3_export_loads_with_glmtune(tmp_path, chatglm3_dir, method):  # 
     notes = json.loads((out / "export.json").read_text())
     assert notes["loads_with"].startswith("glmtune's native ChatGLM3")
     assert "import glmtune.models.chatglm3" in (out / "README.md").read_text()
-    reference = replies.load_run(run)
+    reference = lm.load_run(run)
     # [gMASK] sop <|user|> ... <|assistant|>
     ids = torch.tensor([[64790, 64792, 64795, 30910, 13, 34211, 64796]])
     exported = export.load_export(out)
@@ -316,9 +316,9 @@ def test_chatglm3_export_loads_with_glmtune(tmp_path, chatglm3_dir, method):  # 
 
 def test_builtin_templates_as_jinja_render_the_same():
     """The exported chat_template renders every test conversation exactly like glmtune's own template."""
+    from glmtune.core.errors import UserError
     from glmtune.data.chat_jinja import to_jinja
     from glmtune.data.templates import builtin_templates, resolve_template
-    from glmtune.errors import UserError
     from tests.test_templates import MULTI, SINGLE, TOOLS, bpe_tokenizer, hf_messages
 
     for name, template in builtin_templates().items():
@@ -343,7 +343,7 @@ def test_builtin_templates_as_jinja_render_the_same():
 def test_chatglm3_ptuning_classifier_export(tmp_path, chatglm3_dir, sentiment_file):  # noqa: F811
     """A classification P-tuning run: the body keeps its prefix encoder (pre_seq_len), the head rides along."""
 
-    from glmtune import classify, export
+    from glmtune.infer import classifier, export
 
     cfg = tiny_config(chatglm3_dir, sentiment_file, method={"name": "ptuning", "pre_seq_len": 4})
     run = train_classifier(tmp_path, cfg)
@@ -351,6 +351,6 @@ def test_chatglm3_ptuning_classifier_export(tmp_path, chatglm3_dir, sentiment_fi
     main(["export", str(run), "--out", str(out), "--merge"])
     assert json.loads((out / "config.json").read_text())["pre_seq_len"] == 4
     texts = ["这个东西非常好", "物流真慢，差"]
-    reference = classify.predict_texts(classify.load_run(run), texts)
-    again = classify.predict_texts(export.load_export(out), texts)
+    reference = classifier.predict_texts(classifier.load_run(run), texts)
+    again = classifier.predict_texts(export.load_export(out), texts)
     torch.testing.assert_close(again, reference, atol=1e-5, rtol=0)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glmtune.errors import UserError
-from glmtune.generate import GenerationConfig, finish, generate, stream
+from glmtune.core.errors import UserError
+from glmtune.infer.generate import GenerationConfig, finish, generate, stream
 
 CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789 ，。你好天气很")
 
@@ -150,7 +150,7 @@ def test_bad_settings_are_user_errors(field, value):
 
 def test_a_reply_cut_mid_character_by_max_new_tokens_has_no_half_character():
     """Byte-level BPE splits a CJK character over tokens: the text of a 'length' reply drops the half one."""
-    from glmtune.generate import finish
+    from glmtune.infer.generate import finish
 
     class HalfCharacter:
         def decode(self, ids, **_):

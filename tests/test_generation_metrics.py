@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from glmtune.evaluate import GENERATION_METRICS, generation_metrics
+from glmtune.metrics import GENERATION_METRICS, generation_metrics
 
 
 def test_identical_texts_score_100_everywhere():

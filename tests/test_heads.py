@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from glmtune.config import ModelConfig
-from glmtune.errors import UserError
+from glmtune.core.config import ModelConfig
+from glmtune.core.errors import UserError
 from glmtune.models import SequenceClassifier, load_classifier
 from glmtune.models.heads import last_token_index, pool
 from tests.test_models_load import make_chatglm3_dir, save_model, tiny_gemma_config, tiny_llama_config

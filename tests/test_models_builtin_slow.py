@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from glmtune.config import ModelConfig
+from glmtune.core.config import ModelConfig
 from glmtune.models import BUILTIN_MODELS, load_backbone, load_causal_lm, load_classifier, load_tokenizer
 from glmtune.models.builtin import is_cached, resolve_builtin
 from glmtune.models.load import attention

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from glmtune.config import ModelConfig
-from glmtune.errors import UserError
+from glmtune.core.config import ModelConfig
+from glmtune.core.errors import UserError
 from glmtune.models import builtin, load, load_backbone, load_causal_lm, load_tokenizer
 
 VOCAB = list("abcdefghijklmnopqrstuvwxyz好坏")

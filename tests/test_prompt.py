@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glmtune import config
+from glmtune.core import config
+from glmtune.core.errors import UserError
 from glmtune.data.classification import Example
 from glmtune.data.prompt import Prompt, encode_prompt_examples, pick_demonstrations
-from glmtune.errors import UserError
 from glmtune.models.verbalizer import PromptClassifier
 
 TEMPLATE = "这个{text}。真"

@@ -16,9 +16,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from glmtune import config as config_mod
 from glmtune import methods
 from glmtune.cli import main
+from glmtune.core import config as config_mod
 from tests import test_chatglm3_methods, test_smoke_sft
 from tests.conftest import save_tiny_llama, tiny_config
 from tests.test_bad_input import run_cli
@@ -75,7 +75,7 @@ def test_only_adapters_and_head_train_over_quantized_linears(wide_model_dir, sen
 def test_qlora_sft_run_holds_only_the_adapter_and_reloads_quantized(
     tmp_path, wide_model_dir, chat_file, bits
 ):
-    from glmtune import replies
+    from glmtune.infer import lm
 
     cfg = sft_config(wide_model_dir, {"train_file": str(chat_file)}, model={"quantization": bits})
     run = train(tmp_path, cfg)
@@ -84,7 +84,7 @@ def test_qlora_sft_run_holds_only_the_adapter_and_reloads_quantized(
     assert sorted(p.name for p in (run / "adapter").iterdir()) == ["README.md", "adapter_config.json",
                                                                      "adapter_model.safetensors"]  # fmt: skip
     assert not (run / "body.safetensors").exists() and not (run / "head.safetensors").exists()
-    loaded = replies.load_run(run)
+    loaded = lm.load_run(run)
     assert loaded.cfg.model.quantization == bits and quantized(loaded.model, bits)
     main(["eval", str(run)])  # the base quantized as trained: the same test loss
     again = json.loads((run / "eval" / "test" / "metrics.json").read_text())
@@ -219,7 +219,7 @@ def test_chatglm3_native_model_trains_4bit_with_gradient_checkpointing(
 ):
     """glmtune's own ChatGLM3 classes quantize through from_pretrained like any transformers model; gradient
     checkpointing (the inputs made to require grad) still reaches the adapters."""
-    from glmtune import classify
+    from glmtune.infer import classifier
 
     method = {"name": "lora", "lora_r": 4, "lora_alpha": 8}
     train_cfg = {"gradient_checkpointing": True}
@@ -227,7 +227,7 @@ def test_chatglm3_native_model_trains_4bit_with_gradient_checkpointing(
         chatglm3_dir, sentiment_file, model={"quantization": "4bit"}, method=method, train=train_cfg
     )
     run = train(tmp_path, cfg)
-    loaded = classify.load_run(run)
+    loaded = classifier.load_run(run)
     names = quantized(loaded.classifier, "4bit")
     assert any(n.endswith("query_key_value.base_layer") for n in names)
     assert any(n.endswith("dense_4h_to_h.base_layer") for n in names)
@@ -245,9 +245,9 @@ def test_serve_loads_qlora_runs_quantized(tmp_path, wide_model_dir, chat_file, s
     """glmtune serve over a 4-bit sft run and a 4-bit classification run: the real server, the openai client."""
     import httpx
 
-    from glmtune import classify
-    from glmtune.serve.app import create_app
-    from glmtune.serve.models import load_models
+    from glmtune.infer import classifier
+    from glmtune.infer.serve.app import create_app
+    from glmtune.infer.serve.registry import load_models
     from tests.test_serve import client, running
 
     sft = train(
@@ -259,7 +259,7 @@ def test_serve_loads_qlora_runs_quantized(tmp_path, wide_model_dir, chat_file, s
         served["cls"].classifier.classifier, "4bit"
     )
     texts = ["这个东西质量很好", "物流太慢，失望"]
-    expected = classify.predict_texts(classify.load_run(cls), texts)  # [2, labels]
+    expected = classifier.predict_texts(classifier.load_run(cls), texts)  # [2, labels]
     with running(create_app(served)) as url:
         reply = client(url).chat.completions.create(
             model="run", messages=[{"role": "user", "content": "这个好"}], max_tokens=4, temperature=0

@@ -23,7 +23,7 @@ def running(app):
     """Serve ``app`` with uvicorn in a thread on a free loopback port; yields the base URL."""
     import uvicorn
 
-    from glmtune.serve import bind
+    from glmtune.infer.serve import bind
 
     sock = bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -47,14 +47,14 @@ def client(url: str, key: str = "unused", **kwargs) -> openai.OpenAI:
 
 @pytest.fixture(scope="module")
 def served(tiny_model_dir):
-    from glmtune.serve.models import load_models
+    from glmtune.infer.serve.registry import load_models
 
     return load_models([str(tiny_model_dir)], template="plain")
 
 
 @pytest.fixture(scope="module")
 def url(served):
-    from glmtune.serve.app import create_app
+    from glmtune.infer.serve.app import create_app
 
     with running(create_app(served)) as base:
         yield base
@@ -66,8 +66,8 @@ def name(tiny_model_dir) -> str:
 
 
 def reference(served, name: str, ids: list[int], max_new_tokens: int, stop: list[str] | None = None):
-    """What glmtune.generate gives alone, greedy, for the same prompt ids."""
-    from glmtune.generate import GenerationConfig, generate
+    """What glmtune.infer.generate gives alone, greedy, for the same prompt ids."""
+    from glmtune.infer.generate import GenerationConfig, generate
 
     model = served[name]
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, stop=stop or [], stop_ids=model.stop_ids)
@@ -196,8 +196,8 @@ class Reader:
 
 def test_rows_of_one_batch_each_get_what_they_would_alone(served, name):
     """serve.rows against generate.generate: per-row max_tokens, stop ids, seeds and cancellation in one batch."""
-    from glmtune.generate import GenerationConfig, generate
-    from glmtune.serve.rows import RowRequest, generate_rows
+    from glmtune.infer.generate import GenerationConfig, generate
+    from glmtune.infer.serve.batch import RowRequest, generate_rows
 
     model = served[name]
     tok, stop_ids = model.lm.tokenizer, model.stop_ids
@@ -304,7 +304,7 @@ def test_unknown_routes_and_methods(url):
 
 
 def test_api_key(served, name):
-    from glmtune.serve.app import create_app
+    from glmtune.infer.serve.app import create_app
 
     with running(create_app(served, api_key="s3cret")) as base:
         with pytest.raises(openai.AuthenticationError) as caught:
@@ -332,7 +332,7 @@ class Gate:
 
 @pytest.fixture
 def gated(served, name):
-    from glmtune.serve.app import Limits
+    from glmtune.infer.serve.app import Limits
 
     gate = Gate(served[name])
     served[name].run_generation = gate
@@ -350,7 +350,7 @@ def wait_for(condition, timeout: float = 10.0) -> None:
 
 
 def test_waiting_requests_share_one_batch_and_get_their_own_replies(served, name):
-    from glmtune.serve.app import Limits, create_app
+    from glmtune.infer.serve.app import Limits, create_app
 
     tokenizer = served[name].lm.tokenizer
     prompts = ["这个", "质量很差非常", "a", "物流真快", "12345", "服务"]
@@ -389,7 +389,7 @@ def test_waiting_requests_share_one_batch_and_get_their_own_replies(served, name
 
 
 def test_full_queue_is_429_and_both_queued_requests_finish(gated, served, name):
-    from glmtune.serve.app import create_app
+    from glmtune.infer.serve.app import create_app
 
     gate, limits = gated
     with running(create_app(served, limits)) as base:
@@ -417,7 +417,7 @@ def test_full_queue_is_429_and_both_queued_requests_finish(gated, served, name):
 @pytest.fixture
 def held(gated, served, name):
     """A server (queue 1, timeout 1.5 s) whose worker holds one request until ``release()``."""
-    from glmtune.serve.app import create_app
+    from glmtune.infer.serve.app import create_app
 
     gate, limits = gated
     with running(create_app(served, limits)) as base:
@@ -464,7 +464,7 @@ def test_a_queued_stream_whose_client_leaves_is_dropped(held, name):
 
 
 def test_stream_disconnect_cancels_generation(served, name):
-    from glmtune.serve.app import create_app
+    from glmtune.infer.serve.app import create_app
 
     with running(create_app(served)) as base:
         body = {"model": name, "prompt": "a", "max_tokens": 240, "stream": True, "temperature": 0}

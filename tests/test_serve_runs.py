@@ -60,15 +60,15 @@ def runs(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def served(runs):
-    from glmtune.serve.models import load_models
+    from glmtune.infer.serve.registry import load_models
 
     return load_models([str(runs["run-a"]), str(runs["run-b"]), str(runs["sentiment"])])
 
 
 def alone(run, prompt: str, max_new_tokens: int) -> str:
     """The run's greedy reply when loaded on its own (replies.load_run + generate.generate)."""
-    from glmtune.generate import GenerationConfig, generate
-    from glmtune.replies import load_run
+    from glmtune.infer.generate import GenerationConfig, generate
+    from glmtune.infer.lm import load_run
 
     loaded = load_run(run)
     ids = loaded.tokenizer(prompt)["input_ids"]
@@ -83,7 +83,7 @@ def test_lora_runs_share_one_base_and_are_chosen_by_model(runs, served):
     prompts = ["这个好", "这个差", "质量"]
     expected = {(name, p): alone(runs[name], p, 6) for name in ("run-a", "run-b") for p in prompts}
     assert any(expected["run-a", p] != expected["run-b", p] for p in prompts), "the adapters differ"
-    from glmtune.serve.app import create_app
+    from glmtune.infer.serve.app import create_app
 
     with running(create_app(served)) as url:
         got: dict = {}
@@ -104,8 +104,8 @@ def test_lora_runs_share_one_base_and_are_chosen_by_model(runs, served):
 
 
 def test_classify_endpoint(runs, served):
-    from glmtune.classify import load_run, predict_texts
-    from glmtune.serve.app import create_app
+    from glmtune.infer.classifier import load_run, predict_texts
+    from glmtune.infer.serve.app import create_app
 
     texts = ["这个东西质量很好", "物流太慢，失望", "还行"]
     probs = predict_texts(load_run(runs["sentiment"]), texts)
@@ -131,14 +131,14 @@ def test_classify_endpoint(runs, served):
 
 @pytest.fixture(scope="module")
 def chatglm3(chatglm3_dir):  # noqa: F811 (the tiny random ChatGLM3; skips without ../shared/chatglm3)
-    from glmtune.serve.models import load_models
+    from glmtune.infer.serve.registry import load_models
 
     return load_models([str(chatglm3_dir)])
 
 
 def test_chatglm3_tools_render_into_the_prompt_and_calls_come_back_as_tool_calls(chatglm3):
-    from glmtune.generate import Generated
-    from glmtune.serve.app import _reply_message, create_app
+    from glmtune.infer.generate import Generated
+    from glmtune.infer.serve.app import _reply_message, create_app
 
     (model,) = chatglm3.values()
     assert model.supports_tools and model.lm.format.name == "chatglm3"

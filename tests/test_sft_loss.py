@@ -72,7 +72,7 @@ def _masked_equals_full(causal) -> None:
 
 def test_learned_positions_only_head_equals_full_logits_with_lora(tiny_model_dir):
     from glmtune import methods
-    from glmtune.config import MethodConfig, ModelConfig
+    from glmtune.core.config import MethodConfig, ModelConfig
     from glmtune.models.causal import load_language_model
 
     causal, _ = load_language_model(ModelConfig(name_or_path=str(tiny_model_dir)))

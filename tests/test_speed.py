@@ -8,10 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from glmtune.config import ModelConfig
-from glmtune.errors import UserError
-from glmtune.models.load import attention
-from glmtune.models.speed import (
+from glmtune.core.config import ModelConfig
+from glmtune.core.errors import UserError
+from glmtune.methods.speed import (
     FastDropout,
     FusedLora,
     cast_frozen_linears,
@@ -19,6 +18,7 @@ from glmtune.models.speed import (
     fuse_lora,
     use_fast_dropout,
 )
+from glmtune.models.load import attention
 
 
 def test_fast_dropout_drops_at_rate_p_and_rescales_the_rest():
@@ -213,7 +213,7 @@ def test_frozen_outputs_are_reused_whatever_the_batch_around_them(tiny_model_dir
     """The frozen layer runs once per example; later batches (other rows, other padding) get the same logits."""
     from transformers import AutoModel
 
-    from glmtune.models.speed import frozen_outputs
+    from glmtune.methods.speed import frozen_outputs
 
     body = AutoModel.from_pretrained(tiny_model_dir).eval()
     body.layers[0].requires_grad_(False)
@@ -257,7 +257,7 @@ def test_frozen_outputs_are_reused_whatever_the_batch_around_them(tiny_model_dir
 def test_frozen_outputs_respect_the_budget_and_dropout(tiny_model_dir):
     from transformers import AutoModel
 
-    from glmtune.models.speed import frozen_outputs
+    from glmtune.methods.speed import frozen_outputs
 
     body = AutoModel.from_pretrained(tiny_model_dir)
     assert frozen_outputs(body, body.layers, budget_gb=1.0) is None  # nothing frozen
@@ -286,7 +286,7 @@ def test_freeze_training_with_kept_outputs_matches_recomputing(
     import yaml
 
     from glmtune.cli import main
-    from glmtune.models.speed import FrozenOutputs
+    from glmtune.methods.speed import FrozenOutputs
     from tests.conftest import tiny_config
 
     lookups = []

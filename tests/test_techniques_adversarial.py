@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glmtune import adversarial
-from glmtune.config import AdversarialConfig, MethodConfig, ModelConfig
+from glmtune.core.config import AdversarialConfig, MethodConfig, ModelConfig
+from glmtune.models.anatomy import input_embeddings
 from glmtune.models.heads import load_classifier, pool, position_ids_from_mask
+from glmtune.train.techniques import adversarial
 from tests.conftest import tiny_config
 from tests.test_chatglm3_methods import chatglm3_dir  # noqa: F401  (a fixture)
 from tests.test_smoke_train import train
@@ -51,7 +52,7 @@ def project(r, eps):
 def reference_grads(model, ids, mask, labels, cfg: AdversarialConfig) -> dict[str, torch.Tensor]:
     """Clean loss + loss at the FGM/PGD perturbation, written out with inputs_embeds (independent of the hook)."""
     model.zero_grad()
-    embed = adversarial.input_embeddings(model)
+    embed = input_embeddings(model)
     clean = embed(ids)  # [batch, seq, hidden]
     clean.retain_grad() if clean.requires_grad else clean.requires_grad_(True)  # frozen embeddings: a leaf
     F.cross_entropy(logits_from_embeds(model, clean, mask), labels).backward()
@@ -86,7 +87,7 @@ def test_adversarial_gradients_match_the_reference_and_embeddings_stay(tiny_mode
 
     accelerator = Accelerator(cpu=True)
     adversary = adversarial.create(model, cfg, accelerator)
-    weight = adversarial.input_embeddings(model).weight
+    weight = input_embeddings(model).weight
     before = weight.detach().clone()
     with torch.no_grad():
         logits_before = model(ids, mask)

@@ -12,11 +12,12 @@ from collections import Counter
 import pytest
 import yaml
 
-from glmtune import config
 from glmtune.cli import main
-from glmtune.config import AugmentConfig
+from glmtune.core import config
+from glmtune.core.config import AugmentConfig
+from glmtune.core.errors import UserError
 from glmtune.data import augment
-from glmtune.errors import UserError
+from glmtune.train.techniques.backtranslate import translator_for
 from tests.conftest import tiny_config, write_jsonl
 from tests.test_smoke_sft import chat_file, sft_config  # noqa: F401  (chat_file is a fixture)
 from tests.test_smoke_train import train
@@ -132,18 +133,30 @@ def fake_translator(tmp_path, monkeypatch):
     return importlib.import_module("fake_mt")
 
 
+def back_translated(texts: list[str], cfg: AugmentConfig) -> list[list[str]]:
+    """augment_texts as the training tasks call it: with the translate callable built from the config."""
+    return augment.augment_texts(texts, cfg, seed=0, translate=translator_for(cfg))
+
+
 def test_back_translation_hook(fake_translator):
     cfg = AugmentConfig(n_aug=0, back_translation="fake_mt:paraphrase")
-    assert augment.augment_texts(["a b", "c"], cfg, seed=0) == [["BT:a b"], ["BT:c"]]
+    assert back_translated(["a b", "c"], cfg) == [["BT:a b"], ["BT:c"]]
     assert fake_translator.CALLS == [["a b", "c"]], "one batched call"
     with pytest.raises(UserError, match="one per input text"):
-        augment.augment_texts(["a", "b"], AugmentConfig(back_translation="fake_mt:broken"), seed=0)
+        back_translated(["a", "b"], AugmentConfig(back_translation="fake_mt:broken"))
     with pytest.raises(UserError, match="data.augment.back_translation"):
-        augment.augment_texts(["a"], AugmentConfig(back_translation="no_such_module_x:f"), seed=0)
+        back_translated(["a"], AugmentConfig(back_translation="no_such_module_x:f"))
+
+
+def test_the_data_layer_needs_the_translate_callable_when_back_translation_is_on():
+    """data.augment never builds a translator itself (that would import the inference side)."""
+    with pytest.raises(ValueError, match="translate callable"):
+        augment.augment_texts(["a"], AugmentConfig(back_translation="fake_mt:paraphrase"), seed=0)
+    assert translator_for(AugmentConfig(n_aug=1)) is None
 
 
 def test_only_the_training_split_is_augmented(sentiment_file, fake_translator):
-    from glmtune.tasks.classification import Classification
+    from glmtune.train.tasks.classification import Classification
 
     plain = Classification(config.load(None, [f"data.train_file={sentiment_file}", "data.dataset=null"]))
     plain.load_data()
@@ -265,7 +278,8 @@ def test_two_step_sft_run_with_augmentation(tmp_path, tiny_model_dir):
 
 def test_back_translation_through_a_model_chains_the_prompts(monkeypatch):
     """A model folder: every text goes through each prompt in turn; the answer to one is the next's input."""
-    from glmtune import backtranslate, replies
+    from glmtune.infer import lm
+    from glmtune.train.techniques import backtranslate
 
     seen = []
 
@@ -274,16 +288,16 @@ def test_back_translation_through_a_model_chains_the_prompts(monkeypatch):
         seen.append(prompts)
         return [{"output": f" <{p}> "} for p in prompts]
 
-    monkeypatch.setattr(replies, "load", lambda path: _Loaded())
-    monkeypatch.setattr(replies, "reply_all", fake_reply_all)
+    monkeypatch.setattr(lm, "load", lambda path: _Loaded())
+    monkeypatch.setattr(lm, "reply_all", fake_reply_all)
     cfg = AugmentConfig(back_translation="some-model", back_translation_prompts=["EN {text}", "ZH {text}"])
-    assert isinstance(augment.back_translator(cfg), backtranslate.ModelTranslator)
-    assert augment.augment_texts(["好", "差"], cfg, seed=0) == [["<ZH <EN 好>>"], ["<ZH <EN 差>>"]]
+    assert isinstance(backtranslate.back_translator(cfg), backtranslate.ModelTranslator)
+    assert back_translated(["好", "差"], cfg) == [["<ZH <EN 好>>"], ["<ZH <EN 差>>"]]
     assert seen == [["EN 好", "EN 差"], ["ZH <EN 好>", "ZH <EN 差>"]]
 
 
 class _Loaded:
-    """What ModelTranslator touches of replies.LoadedLM: the config it makes greedy and long enough."""
+    """What ModelTranslator touches of lm.LoadedLM: the config it makes greedy and long enough."""
 
     def __init__(self):
         self.cfg = config.load(None, ["task=sft"])
@@ -292,11 +306,11 @@ class _Loaded:
 def test_back_translation_with_a_missing_model_is_a_user_error():
     cfg = AugmentConfig(back_translation="/no/such/model-folder")
     with pytest.raises(UserError, match="data.augment.back_translation"):
-        augment.augment_texts(["好"], cfg, seed=0)
+        back_translated(["好"], cfg)
 
 
 def test_back_translation_with_a_chat_model_folder(tmp_path, tiny_model_dir):
-    """End to end through glmtune.replies: a (tiny, random) chat model folder generates the copies, greedily."""
+    """End to end through glmtune.infer.lm: a (tiny, random) chat model folder generates the copies, greedily."""
     import shutil
 
     model = tmp_path / "mt"
@@ -309,6 +323,6 @@ def test_back_translation_with_a_chat_model_folder(tmp_path, tiny_model_dir):
 
     texts = ["这个好", "很差"]
     cfg = AugmentConfig(back_translation=str(model), back_translation_prompts=["{text}", "{text}"])
-    copies = augment.augment_texts(texts, cfg, seed=0)
+    copies = back_translated(texts, cfg)
     assert len(copies) == 2 and all(isinstance(c, str) for cs in copies for c in cs)
-    assert copies == augment.augment_texts(texts, cfg, seed=0), "greedy: the same copies every time"
+    assert copies == back_translated(texts, cfg), "greedy: the same copies every time"

@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glmtune import config, regularize
-from glmtune.config import MethodConfig, ModelConfig, TrainConfig
-from glmtune.errors import UserError
+from glmtune.core import config
+from glmtune.core.config import MethodConfig, ModelConfig, TrainConfig
+from glmtune.core.errors import UserError
 from glmtune.models.causal import token_losses
+from glmtune.train.techniques import regularize
 from tests.conftest import tiny_config
 from tests.test_smoke_sft import chat_file, sft_config  # noqa: F401  (chat_file is a fixture)
 from tests.test_smoke_sft import train as train_sft
@@ -185,7 +186,7 @@ def test_sft_two_steps_with_label_smoothing_and_llrd(tmp_path, tiny_model_dir, c
 def test_classification_training_loss_wires_smoothing_and_rdrop(alpha, smoothing):
     from accelerate import Accelerator
 
-    from glmtune.tasks.classification import Classification
+    from glmtune.train.tasks.classification import Classification
 
     torch.manual_seed(0)
     layer = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(4, 3))

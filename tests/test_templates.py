@@ -20,6 +20,7 @@ import re
 
 import pytest
 
+from glmtune.core.errors import UserError
 from glmtune.data.conversation import Conversation, Message
 from glmtune.data.templates import (
     IGNORE_INDEX,
@@ -32,7 +33,6 @@ from glmtune.data.templates import (
     stop_ids,
     template_names,
 )
-from glmtune.errors import UserError
 
 # --------------------------------------------------------------------------- upstream templates
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from glmtune.runs import RunDir
-from glmtune.track import Tracker, plot_curves, read_log
+from glmtune.core.runs import RunDir
+from glmtune.train.track import Tracker, plot_curves, read_log
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

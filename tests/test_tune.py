@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
-from glmtune import config, tune
 from glmtune.cli import main
+from glmtune.core import config
+from glmtune.train import search
 from tests.conftest import tiny_config
 
 
@@ -77,11 +78,11 @@ def test_a_seeded_sampler_proposes_the_same_trials(tmp_path, tiny_model_dir, sen
         "train.batch_size": {"low": 4, "high": 16, "step": 4},
     }
     cfg = config.from_dict(tiny_config(tiny_model_dir, sentiment_file, tune={"space": space, "seed": 3}))
-    params = tune.parse_space(cfg.tune.space, "test")
+    params = search.parse_space(cfg.tune.space, "test")
 
     def proposals(folder: Path) -> list[dict]:
         folder.mkdir()
-        study = tune._study(cfg, folder, "maximize", resume=False)
+        study = search._study(cfg, folder, "maximize", resume=False)
         out = []
         for _ in range(12):  # past TPE's random start-up trials
             trial = study.ask()
@@ -168,7 +169,7 @@ def test_a_killed_tune_resumes(tmp_path, tiny_model_dir, sentiment_file, capsys)
     main(["tune", str(write_config(tmp_path / "cfg.yaml", cfg)), "--out", str(out)])
     # A tune killed while its second trial ran: the trial stays RUNNING in the study journal.
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(out / tune.STUDY))
+        optuna.storages.journal.JournalFileBackend(str(out / search.STUDY))
     )
     optuna.load_study(study_name="glmtune", storage=storage).ask()
     main(["tune", "--resume", str(out), "--trials", "2"])
@@ -183,10 +184,12 @@ def test_a_killed_tune_resumes(tmp_path, tiny_model_dir, sentiment_file, capsys)
 def test_the_example_space_is_valid():
     path = Path(__file__).resolve().parents[1] / "examples" / "sentiment-tune.yaml"
     cfg = config.load(path)
-    params = tune.parse_space(cfg.tune.space, str(path))
-    tune.check_space(cfg, params, cfg.train.metric, str(path))
+    params = search.parse_space(cfg.tune.space, str(path))
+    search.check_space(cfg, params, cfg.train.metric, str(path))
     assert {p.key: p.kind for p in params}["method.lora_r"] == "categorical"
-    assert "tune" not in yaml.safe_load(config.dump(config.from_dict(tune.trial_values(cfg, "accuracy", {}))))
+    assert "tune" not in yaml.safe_load(
+        config.dump(config.from_dict(search.trial_values(cfg, "accuracy", {})))
+    )
 
 
 @pytest.mark.usefixtures("reset_accelerate")

@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 from glmtune import __version__
-from glmtune.errors import UserError, user_errors_exit
+from glmtune.core.errors import UserError, user_errors_exit
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from glmtune import config, train
+    from glmtune import train
+    from glmtune.core import config
 
     positional = list(args.args)
     config_path = positional.pop(0) if positional and "=" not in positional[0] else None
@@ -38,13 +39,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from glmtune import classify, data, evaluate
-    from glmtune.runs import atomic_write_json
+    from glmtune import data
+    from glmtune import metrics as evaluation
+    from glmtune.core.runs import atomic_write_json
+    from glmtune.infer import classifier
 
     if _run_task(args.run_dir) == "sft":
         eval_sft(args)
         return
-    loaded = classify.load_run(args.run_dir)
+    loaded = classifier.load_run(args.run_dir)
     cfg = loaded.cfg
     if args.data:
         examples = data.load_labelled_file(
@@ -54,51 +57,53 @@ def cmd_eval(args: argparse.Namespace) -> None:
     else:
         examples = data.load_classification(cfg.data).test
         name = "test"
-    probs = classify.predict_texts(loaded, [e.text for e in examples])
+    probs = classifier.predict_texts(loaded, [e.text for e in examples])
     gold = [e.label for e in examples]
-    metrics = evaluate.classification_metrics(gold, probs.numpy(), loaded.labels)
+    metrics = evaluation.classification_metrics(gold, probs.numpy(), loaded.labels)
     out = loaded.run.path / "eval" / name
     atomic_write_json(out / "metrics.json", metrics)
-    rows = evaluate.prediction_rows([e.text for e in examples], gold, probs.numpy(), loaded.labels)
-    evaluate.write_predictions(out / "predictions.jsonl", rows)
-    evaluate.plot_confusion(metrics["confusion_matrix"], loaded.labels, out / "confusion.png")
-    print(evaluate.format_metrics_table({name: metrics}))
+    rows = evaluation.prediction_rows([e.text for e in examples], gold, probs.numpy(), loaded.labels)
+    evaluation.write_predictions(out / "predictions.jsonl", rows)
+    evaluation.plot_confusion(metrics["confusion_matrix"], loaded.labels, out / "confusion.png")
+    print(evaluation.format_metrics_table({name: metrics}))
     print(out)
 
 
 def eval_sft(args: argparse.Namespace) -> None:
     """An SFT run on its test split or a conversation file: eval/NAME/metrics.json and predictions.jsonl."""
-    from glmtune import evaluate, replies
+    from glmtune import metrics as evaluation
+    from glmtune.core.runs import atomic_write_json, atomic_write_jsonl
     from glmtune.data.conversation import load_conversations
     from glmtune.data.sft import load_sft
-    from glmtune.runs import atomic_write_json, atomic_write_jsonl
-    from glmtune.tasks.sft import TABLE_ROWS
+    from glmtune.infer import lm
+    from glmtune.train.tasks.sft import TABLE_ROWS
 
-    loaded = replies.load_run(args.run_dir)
+    loaded = lm.load_run(args.run_dir)
     if args.data:
         conversations, name = load_conversations(args.data, loaded.cfg.data.format), Path(args.data).stem
     else:
         conversations, name = load_sft(loaded.cfg.data).test, "test"
     if not conversations:
         raise UserError("no conversations to evaluate", file=args.data, expected="at least one")
-    metrics, rows = replies.evaluate_conversations(loaded, conversations)
+    metrics, rows = lm.evaluate_conversations(loaded, conversations)
     out = loaded.run.path / "eval" / name
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_jsonl(out / "predictions.jsonl", rows)
-    print(evaluate.format_metrics_table({name: metrics}, TABLE_ROWS))
+    print(evaluation.format_metrics_table({name: metrics}, TABLE_ROWS))
     print(out)
 
 
 def _run_task(run_dir: str) -> str:
     """The task of a run folder (from its glmtune.json), checked before anything heavy loads."""
-    from glmtune.runs import RunDir
+    from glmtune.core.runs import RunDir
 
     return RunDir(run_dir).check(need_weights=True).get("task", "classification")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from glmtune import classify, data
-    from glmtune.runs import atomic_write_jsonl
+    from glmtune import data
+    from glmtune.core.runs import atomic_write_jsonl
+    from glmtune.infer import classifier
 
     if (args.text is None) == (args.input is None):
         raise UserError(
@@ -109,45 +114,45 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if task == "sft":
         predict_sft(args, exported)
         return
-    loaded = exported if exported is not None else classify.load_run(args.run_dir)
+    loaded = exported if exported is not None else classifier.load_run(args.run_dir)
     if args.text is not None:
-        probs = classify.predict_texts(loaded, [args.text])
-        print(json.dumps(classify.prediction(probs[0], loaded.labels), ensure_ascii=False))
+        probs = classifier.predict_texts(loaded, [args.text])
+        print(json.dumps(classifier.prediction(probs[0], loaded.labels), ensure_ascii=False))
         return
     column = loaded.cfg.data.text_column
     records = data.read_records(args.input)
     data.require_columns(records, [column], args.input)
     texts = [str(r[column]) for r in records]
-    probs = classify.predict_texts(loaded, texts)
+    probs = classifier.predict_texts(loaded, texts)
     output = Path(args.output) if args.output else Path(args.input).with_suffix(".predictions.jsonl")
     atomic_write_jsonl(
-        output, ({"text": t, **classify.prediction(p, loaded.labels)} for t, p in zip(texts, probs))
+        output, ({"text": t, **classifier.prediction(p, loaded.labels)} for t, p in zip(texts, probs))
     )
     print(output)
 
 
 def predict_sft(args: argparse.Namespace, loaded=None) -> None:
     """Replies of an SFT run: ``--text`` prints one JSON object; ``--input`` writes JSONL (with a progress bar)."""
-    from glmtune import replies
+    from glmtune.core.runs import atomic_write_jsonl
     from glmtune.data.conversation import Conversation, Message
-    from glmtune.runs import atomic_write_jsonl
+    from glmtune.infer import lm
 
-    loaded = loaded if loaded is not None else replies.load_run(args.run_dir)
+    loaded = loaded if loaded is not None else lm.load_run(args.run_dir)
     if args.text is not None:
-        row = replies.reply_all(loaded, [Conversation([Message("user", args.text)])])[0]
+        row = lm.reply_all(loaded, [Conversation([Message("user", args.text)])])[0]
         print(json.dumps(row, ensure_ascii=False))
         return
-    prompts = replies.read_prompts(args.input)
-    rows = replies.reply_all(loaded, prompts, progress=True)
+    prompts = lm.read_prompts(args.input)
+    rows = lm.reply_all(loaded, prompts, progress=True)
     output = Path(args.output) if args.output else Path(args.input).with_suffix(".predictions.jsonl")
     atomic_write_jsonl(output, rows)
     print(output)
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
-    from glmtune import chat, replies
+    from glmtune.infer import chat, lm
 
-    loaded = _load_export(args.run_or_model) or replies.load(args.run_or_model, args.template)
+    loaded = _load_export(args.run_or_model) or lm.load(args.run_or_model, args.template)
     overrides = {
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
@@ -167,13 +172,13 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 def _load_export(path: str):
     """A `glmtune export` folder loaded for predict/chat (merged or int8 weights), or None for anything else."""
-    from glmtune import export
+    from glmtune.infer import export
 
     return export.load_export(path) if export.is_export(path) else None
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from glmtune import export
+    from glmtune.infer import export
 
     out = export.export(
         args.run_dir,
@@ -187,14 +192,14 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
-    from glmtune import ensemble
+    from glmtune.infer import ensemble
 
     print(ensemble.run(args.run_dirs, args.method, args.out, overwrite=args.overwrite))
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from glmtune.serve import serve
-    from glmtune.serve.app import Limits
+    from glmtune.infer.serve import serve
+    from glmtune.infer.serve.app import Limits
 
     limits = Limits(
         max_body_bytes=args.max_body_bytes,
@@ -211,7 +216,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from glmtune import config, train, tune
+    from glmtune import train
+    from glmtune.core import config
+    from glmtune.train import search
 
     positional = list(args.args)
     config_path = positional.pop(0) if positional and "=" not in positional[0] else None
@@ -222,14 +229,14 @@ def cmd_tune(args: argparse.Namespace) -> None:
                 field="tune",
                 expected="glmtune tune --resume TUNE_DIR [--trials N]",
             )
-        print(tune.run(None, args.resume, trials=args.trials, resume=True))
+        print(search.run(None, args.resume, trials=args.trials, resume=True))
         return
     if config_path is None:
         raise UserError("no config given", expected="glmtune tune CONFIG.yaml [key=value ...] --trials N")
     cfg = config.load(config_path, positional)
     default = train.default_output(config_path)
     out = Path(args.out) if args.out else default.with_name(default.name + "-tune")
-    print(tune.run(cfg, out, trials=args.trials, source=config_path))
+    print(search.run(cfg, out, trials=args.trials, source=config_path))
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -254,24 +261,26 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 def preview_augment(args: argparse.Namespace) -> None:
     """The first training examples of a config beside their ``data.augment`` copies (nothing is written)."""
-    from glmtune import config
+    from glmtune.core import config
     from glmtune.data.augment import preview
+    from glmtune.train.techniques.backtranslate import translator_for
 
     if args.config is None:
         raise UserError(
             "no config given", expected="glmtune data augment CONFIG.yaml [key=value ...] --preview [N]"
         )
-    for line in preview(config.load(args.config, args.overrides), args.preview):
+    cfg = config.load(args.config, args.overrides)
+    for line in preview(cfg, args.preview, translator_for(cfg.data.augment)):
         print(line)
 
 
 def inspect_data(args: argparse.Namespace) -> None:
     """The first training conversations of an SFT config as the model sees them, learned tokens highlighted."""
-    from glmtune import config
+    from glmtune.core import config
     from glmtune.data.sft import load_sft
     from glmtune.data.templates import encode_conversation, render_mask
+    from glmtune.infer.lm import resolve_template
     from glmtune.models.load import load_tokenizer
-    from glmtune.replies import resolve_template
 
     if args.config is None:
         raise UserError("no config given", expected="glmtune data inspect CONFIG.yaml [--n 3]")

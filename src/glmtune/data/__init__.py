@@ -36,7 +36,6 @@ __all__ = [
     "load_classification",
     "load_labelled_file",
     "make_loader",
-    "pad_token_id",
     "read_records",
     "require_columns",
     "where",
@@ -51,7 +50,6 @@ _LAZY_ENCODE = {
     "encode_examples",
     "encode_texts",
     "make_loader",
-    "pad_token_id",
 }
 
 

@@ -4,7 +4,8 @@ Where it sits: read → normalise → **augment** → encode. Only the training 
 call :func:`augment_examples` / :func:`augment_conversations` on ``train`` alone; validation and test stay as
 read). Word-level operations follow EDA (Wei & Zou 2019, "EDA: Easy Data Augmentation Techniques for Boosting
 Performance on Text Classification Tasks"): synonym replacement, random insertion (of a synonym), random swap
-and random deletion, each with a per-word probability; plus character-level noise and a back-translation hook.
+and random deletion, each with a per-word probability; plus character-level noise and back-translation through
+a ``translate`` callable the caller passes in (the training side builds it: a user's hook or a model).
 
 Words: jieba (Chinese text, any text with CJK characters under ``language: auto``) or whitespace (English).
 Only "editable" words (with a letter or digit) are replaced, swapped or deleted; spaces and punctuation stay.
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import logging
 import random
 import re
@@ -28,8 +28,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from glmtune.config import AugmentConfig
-from glmtune.errors import UserError
+from glmtune.core.config import AugmentConfig
+from glmtune.core.errors import UserError
 
 ENGLISH_SYNONYMS = Path(__file__).with_name("synonyms_en.txt")
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
@@ -223,28 +223,16 @@ def augment_text(text: str, cfg: AugmentConfig, rng: random.Random) -> str:
     return out
 
 
-def back_translator(cfg: AugmentConfig) -> Callable[[list[str]], list[str]]:
-    """The back-translation callable of ``cfg.back_translation``: the user's ``"package.module:function"``
-    (texts → paraphrased texts), or, for a model folder, run folder or built-in model name, a
-    ``glmtune.backtranslate.ModelTranslator`` through ``cfg.back_translation_prompts`` (loaded by name, like a
-    user's hook: the data layer does not import the generation stack)."""
-    spec = cfg.back_translation or ""
-    field = "data.augment.back_translation"
-    if ":" not in spec or Path(spec).is_dir():
-        translator = importlib.import_module("glmtune.backtranslate").ModelTranslator
-        return translator(spec, cfg.back_translation_prompts)
-    module_name, _, attr = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as error:
-        raise UserError(f"cannot load {spec!r}: {error}", field=field, expected="module:function") from None
-    if not callable(fn):
-        raise UserError(f"{spec!r} is not callable", field=field, expected="a function texts -> texts")
-    return fn
+Translate = Callable[[list[str]], list[str]]  # texts -> paraphrases, one per text
 
 
-def _back_translate(texts: list[str], cfg: AugmentConfig) -> list[str]:
-    out = back_translator(cfg)(list(texts))
+def _back_translate(texts: list[str], cfg: AugmentConfig, translate: Translate | None) -> list[str]:
+    if translate is None:  # a caller's mistake, not a user's: the training task builds it from the config
+        raise ValueError(
+            "data.augment.back_translation is set: pass its translate callable "
+            "(glmtune.train.techniques.backtranslate.back_translator(cfg))"
+        )
+    out = translate(list(texts))
     if not isinstance(out, list) or len(out) != len(texts) or not all(isinstance(t, str) for t in out):
         raise UserError(
             f"{cfg.back_translation!r} returned {type(out).__name__} of "
@@ -255,10 +243,13 @@ def _back_translate(texts: list[str], cfg: AugmentConfig) -> list[str]:
     return out
 
 
-def augment_texts(texts: Sequence[str], cfg: AugmentConfig, seed: int) -> list[list[str]]:
-    """For each text, its augmented copies (``n_aug`` word/char-level ones, then one back-translation),
-    without copies equal to the text itself or to an earlier copy."""
-    translated = _back_translate(list(texts), cfg) if cfg.back_translation else None
+def augment_texts(
+    texts: Sequence[str], cfg: AugmentConfig, seed: int, translate: Translate | None = None
+) -> list[list[str]]:
+    """For each text, its augmented copies (``n_aug`` word/char-level ones, then one back-translation through
+    ``translate``, needed when ``cfg.back_translation`` is set), without copies equal to the text itself or to
+    an earlier copy."""
+    translated = _back_translate(list(texts), cfg, translate) if cfg.back_translation else None
     result = []
     for i, text in enumerate(texts):
         copies = [augment_text(text, cfg, random.Random(f"{seed}:{i}:{k}")) for k in range(cfg.n_aug)]
@@ -269,18 +260,22 @@ def augment_texts(texts: Sequence[str], cfg: AugmentConfig, seed: int) -> list[l
     return result
 
 
-def augment_examples(examples: list[T], cfg: AugmentConfig, seed: int) -> list[T]:
+def augment_examples(
+    examples: list[T], cfg: AugmentConfig, seed: int, translate: Translate | None = None
+) -> list[T]:
     """Classification examples (``.text``) followed each by its augmented copies (same label, line, source)."""
     if not cfg.enabled:
         return examples
     out: list[T] = []
-    for example, copies in zip(examples, augment_texts([e.text for e in examples], cfg, seed)):
+    for example, copies in zip(examples, augment_texts([e.text for e in examples], cfg, seed, translate)):
         out.append(example)
         out += [dataclasses.replace(example, text=copy) for copy in copies]
     return out
 
 
-def conversation_copies(conversations: list[T], cfg: AugmentConfig, seed: int) -> list[list[T]]:
+def conversation_copies(
+    conversations: list[T], cfg: AugmentConfig, seed: int, translate: Translate | None = None
+) -> list[list[T]]:
     """For each conversation, its copies with augmented *user* turns (replies, system and tools unchanged)."""
     turns = [
         (c, m)
@@ -288,7 +283,7 @@ def conversation_copies(conversations: list[T], cfg: AugmentConfig, seed: int) -
         for m, msg in enumerate(conv.messages)
         if msg.role == "user"
     ]
-    texts = augment_texts([conversations[c].messages[m].content for c, m in turns], cfg, seed)
+    texts = augment_texts([conversations[c].messages[m].content for c, m in turns], cfg, seed, translate)
     per_conversation: list[list[tuple[int, list[str]]]] = [[] for _ in conversations]
     for (c, m), copies in zip(turns, texts):
         per_conversation[c].append((m, copies))
@@ -305,12 +300,14 @@ def conversation_copies(conversations: list[T], cfg: AugmentConfig, seed: int) -
     return result
 
 
-def augment_conversations(conversations: list[T], cfg: AugmentConfig, seed: int) -> list[T]:
+def augment_conversations(
+    conversations: list[T], cfg: AugmentConfig, seed: int, translate: Translate | None = None
+) -> list[T]:
     """SFT conversations followed each by its copies with augmented user turns."""
     if not cfg.enabled:
         return conversations
     out: list[T] = []
-    for conversation, copies in zip(conversations, conversation_copies(conversations, cfg, seed)):
+    for conversation, copies in zip(conversations, conversation_copies(conversations, cfg, seed, translate)):
         out.append(conversation)
         out += copies
     return out
@@ -323,7 +320,7 @@ __all__ = [
     "augment_texts",
     "conversation_copies",
     "preview",
-    "back_translator",
+    "Translate",
     "split_words",
     "synonym_table",
 ]
@@ -332,9 +329,9 @@ __all__ = [
 # --------------------------------------------------------------------------- preview (glmtune data augment)
 
 
-def preview(cfg: Any, n: int) -> list[str]:
+def preview(cfg: Any, n: int, translate: Translate | None = None) -> list[str]:
     """Lines showing the first ``n`` training examples (sft: their user turns) beside their augmented copies,
-    exactly as training makes them (same seed, same per-example RNG)."""
+    exactly as training makes them (same seed, same per-example RNG, the same ``translate``)."""
     aug = cfg.data.augment
     if not aug.enabled:
         raise UserError(
@@ -346,12 +343,14 @@ def preview(cfg: Any, n: int) -> list[str]:
         from glmtune.data.sft import load_sft
 
         conversations = load_sft(cfg.data).train[:n]
-        copies = conversation_copies(conversations, aug, cfg.train.seed)
+        copies = conversation_copies(conversations, aug, cfg.train.seed, translate)
         return _format([_user_text(c) for c in conversations], [[_user_text(c) for c in cs] for cs in copies])
     from glmtune.data.classification import load_classification
 
     examples = load_classification(cfg.data).train[:n]
-    return _format([e.text for e in examples], augment_texts([e.text for e in examples], aug, cfg.train.seed))
+    return _format(
+        [e.text for e in examples], augment_texts([e.text for e in examples], aug, cfg.train.seed, translate)
+    )
 
 
 def _user_text(conversation: Any) -> str:

@@ -45,7 +45,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from glmtune.errors import UserError
+from glmtune.core.errors import UserError
 
 
 @dataclass(frozen=True)

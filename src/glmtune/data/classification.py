@@ -17,10 +17,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from glmtune.config import DataConfig
+from glmtune.core.config import DataConfig
+from glmtune.core.errors import UserError
 from glmtune.data.builtin import load_builtin
 from glmtune.data.read import LINE_KEY, read_records, require_columns, where
-from glmtune.errors import UserError
 
 logger = logging.getLogger(__name__)
 

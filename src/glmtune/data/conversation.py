@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from glmtune.core.errors import UserError
 from glmtune.data.read import LINE_KEY, Record, columns_of, read_records, where
-from glmtune.errors import UserError
 
 ROLES = ("system", "user", "assistant", "tool")
 FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion")

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from glmtune.errors import UserError
+from glmtune.core.errors import UserError
+from glmtune.models.load import pad_token_id
 
 MEGA_BATCH_FACTOR = 50  # length groups are sorted within 50 batches' worth of shuffled examples
 _ENCODE_CHUNK = 2048  # texts per tokenizer call: fast tokenizers parallelise within a call
@@ -69,19 +70,6 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], max_seq_len: int) -> Enco
                 row = row[: max_seq_len - tail] + (row[len(row) - tail :] if tail else [])
             ids.append(row)
     return EncodedTexts(ids, truncated)
-
-
-def pad_token_id(tokenizer: Any) -> int:
-    """The id to pad with: the tokenizer's pad token, else its EOS (masked out either way)."""
-    for name in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, name, None)
-        if isinstance(value, list):  # some configs list several EOS ids
-            value = value[0] if value else None
-        if value is not None:
-            return int(value)
-    raise UserError(
-        "the tokenizer has neither a pad nor an EOS token", expected="a tokenizer with one of them"
-    )
 
 
 # --------------------------------------------------------------------------- dataset and collate

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from glmtune.config import PromptConfig
-from glmtune.errors import UserError
+from glmtune.core.config import PromptConfig
+from glmtune.core.errors import UserError
 
 MIN_TEXT_TOKENS = 4  # a demonstration's text is never cut below this
 
@@ -157,7 +157,8 @@ def pick_demonstrations(train: Sequence[Any], k: int, seed: int) -> list[tuple[s
 
 def encode_prompt_examples(tokenizer: Any, examples: Sequence[Any], prompt: Prompt, max_seq_len: int) -> Any:
     """``data.Example``s → a ``ClassificationDataset`` of prompts (``num_truncated``: texts cut)."""
-    from glmtune.data.encode import ClassificationDataset, pad_token_id
+    from glmtune.data.encode import ClassificationDataset
+    from glmtune.models.load import pad_token_id
 
     ids, truncated = prompt.encode(tokenizer, [example.text for example in examples], max_seq_len)
     labels = [example.label for example in examples]

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from glmtune.errors import UserError
+from glmtune.core.errors import UserError
 
 LINE_KEY = "_line"
 Record = dict[str, Any]

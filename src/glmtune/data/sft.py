@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from glmtune.config import DataConfig, TrainSource
+from glmtune.core.config import DataConfig, TrainSource
+from glmtune.core.errors import UserError
 from glmtune.data.classification import split_count
 from glmtune.data.conversation import Conversation, load_builtin_conversations, load_conversations, mix
 from glmtune.data.encode import LengthGroupedBatchSampler
 from glmtune.data.packing import collate_packed, pack
 from glmtune.data.templates import IGNORE_INDEX, EncodedConversation
-from glmtune.errors import UserError
 
 
 @dataclass

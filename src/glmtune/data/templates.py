@@ -30,10 +30,10 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from glmtune.core.errors import UserError
 from glmtune.data.conversation import Conversation, Message
-from glmtune.errors import UserError
+from glmtune.models.causal import IGNORE_INDEX  # noqa: E402 (one definition, re-exported for data users)
 
-IGNORE_INDEX = -100
 TEMPLATES_FILE = Path(__file__).resolve().parent / "templates.yaml"
 DELEGATED = ("chatglm3",)  # formats that live with their model package
 _BOUNDARY_SLACK = (

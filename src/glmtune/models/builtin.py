@@ -43,8 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glmtune.errors import UserError
-from glmtune.runs import atomic_dir
+from glmtune.core.errors import UserError
+from glmtune.core.runs import atomic_dir
 
 CACHE_ENV = "GLMTUNE_CACHE"
 MARKER = "glmtune-builtin.json"  # written last into the temporary folder; records where the weights came from
@@ -260,7 +260,7 @@ def _time_loads(cache_dir: Path) -> None:  # pragma: no cover - a measurement, r
 
     code = (
         "import sys,time; t=time.perf_counter();"
-        "from glmtune.config import ModelConfig; from glmtune.models import load_tokenizer, load_causal_lm;"
+        "from glmtune.core.config import ModelConfig; from glmtune.models import load_tokenizer, load_causal_lm;"
         "cfg=ModelConfig(name_or_path=sys.argv[1], cache_dir=sys.argv[2]);"
         "load_tokenizer(cfg); load_causal_lm(cfg); print(f'{time.perf_counter()-t:.1f}')"
     )

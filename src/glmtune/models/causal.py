@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glmtune.config import ModelConfig
+from glmtune.core.config import ModelConfig
 
 IGNORE_INDEX = -100  # labels not learned (the transformers convention; data.templates writes them)
 

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from glmtune.config import ModelConfig
-from glmtune.errors import UserError
-from glmtune.runs import atomic_path
+from glmtune.core.config import ModelConfig
+from glmtune.core.errors import UserError
+from glmtune.core.runs import atomic_path
 
 POOLINGS = ("last", "mean")
 

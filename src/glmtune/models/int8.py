@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from glmtune.core import _compat
+
 WEIGHTS_NAME = "model.int8.safetensors"
 FORMAT = "glmtune-int8-dynamic-per-channel"
 
@@ -53,7 +55,9 @@ def int8_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
     quantized = _quantized_modules(model)
     state: dict[str, torch.Tensor] = {}
     for name, module in quantized.items():
-        weight, bias = module._weight_bias()  # per-channel qint8 [out, in], float [out] or None
+        weight, bias = _compat.quantized_weight_bias(
+            module
+        )  # per-channel qint8 [out, in], float [out] or None
         state[f"{name}.weight"] = weight.int_repr().contiguous()
         state[f"{name}.weight_scale"] = weight.q_per_channel_scales().float().contiguous()
         state[f"{name}.weight_zero_point"] = weight.q_per_channel_zero_points().contiguous()
@@ -113,7 +117,7 @@ def load(folder: Path, auto_class: Any, config: Any) -> nn.Module:
             new = QuantizedLinear(
                 old.in_features, old.out_features, bias_=old.bias is not None, dtype=torch.qint8
             )
-            weight = torch._make_per_channel_quantized_tensor(
+            weight = _compat.per_channel_qint8(
                 state[f"{name}.weight"],  # int8 [out, in]
                 state[f"{name}.weight_scale"].double(),  # [out]
                 state[f"{name}.weight_zero_point"],  # [out]

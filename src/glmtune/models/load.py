@@ -10,16 +10,15 @@ transformers sees the folder. ``.bin`` weights are read by transformers with ``t
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from glmtune.config import ModelConfig
-from glmtune.errors import UserError
+from glmtune.core import _compat
+from glmtune.core.config import ModelConfig
+from glmtune.core.errors import UserError
 from glmtune.models.builtin import BUILTIN_MODELS, resolve_builtin, unknown_builtin
 from glmtune.models.quant import bnb_config, unpack_on_cpu
 
@@ -40,11 +39,7 @@ NEEDS_BOS = ("gemma", "gemma2", "gemma3", "gemma3_text")
 
 def _offline() -> None:
     """No hub traffic, ever; also when huggingface_hub was imported before the variables were set."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    constants = sys.modules.get("huggingface_hub.constants")
-    if constants is not None:
-        constants.HF_HUB_OFFLINE = True
+    _compat.hub_offline()
 
 
 def _field() -> dict[str, str]:
@@ -365,3 +360,16 @@ def _ensure_bos(tokenizer: Any, path: Path) -> None:
     tokenizer.add_bos_token = True  # transformers rebuilds the post-processor
     if not starts_with_bos():
         raise RuntimeError(f"{path}: cannot make the tokenizer add {tokenizer.bos_token}")
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The id to pad with: the tokenizer's pad token, else its EOS (masked out either way)."""
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, list):  # some configs list several EOS ids
+            value = value[0] if value else None
+        if value is not None:
+            return int(value)
+    raise UserError(
+        "the tokenizer has neither a pad nor an EOS token", expected="a tokenizer with one of them"
+    )

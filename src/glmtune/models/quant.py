@@ -14,11 +14,11 @@ Its CPU inference layout for 4-bit weights must be kept out of training (``unpac
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from glmtune.config import ModelConfig
-from glmtune.errors import UserError
+from glmtune.core import _compat
+from glmtune.core.config import ModelConfig
+from glmtune.core.errors import UserError
 
 CPU_BLOCK = 64  # bitsandbytes' 4-bit block size: input features per absmax on the CPU kernel
 
@@ -41,7 +41,7 @@ def bnb_config(cfg: ModelConfig) -> Any:
     if cfg.quantization == "8bit":
         # LLM.int8() quantizes fp16 activations, so bitsandbytes casts any other dtype — and logs it on every
         # Linear call of every step. The cast is the method, not news: that one logger stays at errors.
-        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+        _compat.quiet_int8_cast_log()
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
         load_in_4bit=True,

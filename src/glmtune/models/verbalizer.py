@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from glmtune.config import ModelConfig
+from glmtune.core.config import ModelConfig
 from glmtune.models.causal import CausalLM
 from glmtune.models.heads import last_token_index
 
@@ -125,8 +125,7 @@ def load_prompt_classifier(
     config_overrides: dict[str, Any] | None = None,
 ) -> tuple[PromptClassifier, Any]:
     """The causal LM of ``cfg`` wrapped to score ``prompt``'s label words (a ``data.prompt.Prompt``)."""
-    from glmtune.data.encode import pad_token_id
-    from glmtune.models.load import check_model_folder, load_causal_lm, load_tokenizer
+    from glmtune.models.load import check_model_folder, load_causal_lm, load_tokenizer, pad_token_id
 
     check_model_folder(cfg)
     tokenizer = load_tokenizer(cfg)

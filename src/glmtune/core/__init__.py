@@ -1,0 +1,1 @@
+"""The foundations every layer stands on: configuration, errors, the run folder, library patches."""

@@ -1,0 +1,83 @@
+"""Typed configuration: nested dataclasses loaded from YAML and overridden by dotted CLI arguments.
+
+Unknown keys are errors that name the nearest valid key; every check lives next to the field it checks
+(``__post_init__``). The resolved config is written into every run folder so a run can be reproduced.
+
+``sections`` holds the dataclasses, ``loading`` the YAML/override machinery; everything is importable from here.
+"""
+
+from glmtune.core.config.loading import (
+    coerce,
+    dump,
+    from_dict,
+    load,
+    parse_overrides,
+    read_yaml,
+    set_dotted,
+    without_quantization,
+)
+from glmtune.core.config.sections import (
+    CONVERSATION_FORMATS,
+    DEFAULT_DATASETS,
+    GENERATION_METRICS,
+    LOWER_IS_BETTER,
+    METHODS,
+    METRICS,
+    OPTIMIZERS,
+    PRECISIONS,
+    QUANTIZATIONS,
+    SCHEDULERS,
+    TASK_METRICS,
+    TASKS,
+    TEMPLATES,
+    AdversarialConfig,
+    AugmentConfig,
+    Config,
+    DataConfig,
+    DistillConfig,
+    EvalConfig,
+    GenerateConfig,
+    MethodConfig,
+    ModelConfig,
+    PromptConfig,
+    TrainConfig,
+    TrainSource,
+    TuneConfig,
+)
+
+__all__ = [
+    "CONVERSATION_FORMATS",
+    "DEFAULT_DATASETS",
+    "GENERATION_METRICS",
+    "LOWER_IS_BETTER",
+    "METHODS",
+    "METRICS",
+    "OPTIMIZERS",
+    "PRECISIONS",
+    "QUANTIZATIONS",
+    "SCHEDULERS",
+    "TASK_METRICS",
+    "TASKS",
+    "TEMPLATES",
+    "AdversarialConfig",
+    "AugmentConfig",
+    "Config",
+    "DataConfig",
+    "DistillConfig",
+    "EvalConfig",
+    "GenerateConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "PromptConfig",
+    "TrainConfig",
+    "TrainSource",
+    "TuneConfig",
+    "coerce",
+    "dump",
+    "from_dict",
+    "load",
+    "parse_overrides",
+    "read_yaml",
+    "set_dotted",
+    "without_quantization",
+]

@@ -1,0 +1,411 @@
+"""``glmtune export RUN_DIR --out DIR``: a run folder → a standalone model folder for deployment.
+
+- ``--merge``: the base model with the run's training folded in (LoRA merged by peft's ``merge_and_unload``;
+  full/freeze body tensors as loaded; a ChatGLM3 P-tuning prefix encoder kept inside the model, its
+  ``pre_seq_len`` in config.json) as safetensors + config + tokenizer. SFT runs also get the chat template
+  (``tokenizer_config.json``'s ``chat_template``) and ``generation_config.json`` with the template's stop ids:
+  ``transformers.AutoModelForCausalLM.from_pretrained(DIR)`` loads it with no glmtune import (ChatGLM3: glmtune's
+  native class, so ``import glmtune.models.chatglm3`` first). Classification runs: the merged transformer body
+  (``AutoModel``) + ``head.safetensors`` + ``labels.json`` (pooling in export.json).
+- ``--quantize int8``: the merged model with every Linear in CPU int8 (``models.int8``), plus
+  ``quantization.json``: speed and quality (accuracy, or loss/ROUGE) of fp32 vs int8 on the run's test split.
+- ``--gguf``: refused (see ``GGUF_UNSUPPORTED``).
+
+Every export folder has ``export.json`` (what it is, the run's config) and a README.md; ``load_export`` loads any
+of them back for ``glmtune predict`` / ``chat``. The folder is written to a temporary name and renamed at the
+end: an existing ``--out`` is never touched, a failed export leaves nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from glmtune.core.errors import UserError
+
+EXPORT_FILE = "export.json"  # not glmtune.json: an export is not a run folder
+EXPORT_FORMAT = 1
+QUANTIZE_MODES = ("int8",)
+BITSANDBYTES_MODES = ("int4", "nf4", "fp4", "4bit", "8bit", "bnb4", "bnb8")
+MEASURE_LIMIT = {"classification": 256, "sft": 32}  # examples timed and scored per precision
+GGUF_UNSUPPORTED = (
+    "--gguf is not supported: no maintained offline HF→GGUF converter can be installed from PyPI (llama.cpp's "
+    "convert_hf_to_gguf.py ships only in its source tree; the gguf package reads/writes the format but has no "
+    "per-architecture weight and tokenizer conversion)"
+)
+
+
+# =========================================================================== checks (before any loading)
+
+
+def check_request(out: Path, *, merge: bool, quantize: str | None, gguf: bool) -> None:
+    """Every mistake in the command line itself, as one UserError, before anything is loaded or written."""
+    if gguf:
+        raise UserError(GGUF_UNSUPPORTED, field="--gguf", expected="--merge or --quantize int8")
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        if quantize.lower() in BITSANDBYTES_MODES:
+            raise UserError(
+                f"'{quantize}' is bitsandbytes quantization at load time, not an export format "
+                "(train, predict or serve with model.quantization: 4bit/8bit instead)",
+                field="--quantize",
+                expected="int8 (CPU dynamic quantization)",
+            )
+        raise UserError(f"unknown quantize mode '{quantize}'", field="--quantize", expected="int8")
+    if not merge and quantize is None:
+        raise UserError("nothing to export", expected="--merge and/or --quantize int8")
+    if out.exists():
+        raise UserError(
+            "output folder exists (export never overwrites)", file=str(out), expected="a new --out"
+        )
+
+
+@contextmanager
+def new_folder(path: Path) -> Iterator[Path]:
+    """A temporary folder next to ``path``, renamed to ``path`` when the block succeeds (never over anything)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():  # appeared while we worked
+            raise UserError("output folder exists (export never overwrites)", file=str(path))
+        _follow_umask(tmp)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _follow_umask(folder: Path) -> None:
+    """mkdtemp makes a 0700 folder and some writers 0600 files; an export should follow the user's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for item in folder.rglob("*"):
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)
+
+
+# =========================================================================== loading the run
+
+
+def _load_run(run_dir: Path) -> Any:
+    """The run's model with its trained weights: ``lm.LoadedLM`` (sft) or ``classifier.LoadedRun``."""
+    from glmtune.core.runs import RunDir
+    from glmtune.infer import classifier, lm
+
+    info = RunDir(run_dir).check(need_weights=True)
+    _check_exportable(RunDir(run_dir))
+    # A QLoRA run merges into the unquantized base (LLaMA-Factory's way): the merged model differs from the
+    # quantized one it trained on by the quantization error, but is not rounded twice.
+    if info.get("task", "classification") == "sft":
+        return lm.load_run(run_dir, full_precision=True)
+    return classifier.load_run(run_dir, full_precision=True)
+
+
+def _check_exportable(run: Any) -> None:
+    """Soft prompts (peft virtual tokens) and prompt classification (a template + label words around the LM) are
+    not weights a plain model folder can hold: refused before anything loads."""
+    from glmtune.core import config as config_mod
+    from glmtune.methods import PROMPT_LEARNING
+
+    cfg = config_mod.load(run.config)
+    if cfg.method.name in PROMPT_LEARNING or cfg.prompt.template is not None:
+        what = f"method {cfg.method.name}" if cfg.method.name in PROMPT_LEARNING else "prompt classification"
+        raise UserError(
+            f"a {what} run cannot be exported as a standalone model (nothing to merge into the weights)",
+            file=str(run.path),
+            expected="glmtune predict/eval RUN_DIR, which use the run folder directly",
+        )
+
+
+def _holder(loaded: Any) -> Any:
+    """The module with ``.backbone`` (``CausalLM`` or ``SequenceClassifier``)."""
+    return loaded.model if hasattr(loaded, "model") else loaded.classifier
+
+
+def merge(loaded: Any) -> Any:
+    """Fold a LoRA adapter into the base weights (in place on the holder); return the plain transformers model."""
+    holder = _holder(loaded)
+    if loaded.cfg.method.name == "lora":
+        holder.backbone = holder.backbone.merge_and_unload()  # peft: W + scale · B·A, adapters removed
+    holder.backbone.requires_grad_(False)
+    return holder.backbone.cpu().eval()
+
+
+# =========================================================================== writing
+
+
+def _chat_template(loaded: Any) -> str | None:
+    """The Jinja chat template that renders like the run's ``data.template`` (None: the tokenizer's own, or
+    ChatGLM3's format, which lives in glmtune's tokenizer class)."""
+    from glmtune.data.chat_jinja import to_jinja
+    from glmtune.data.templates import builtin_templates
+
+    template = builtin_templates().get(loaded.cfg.data.template)
+    return to_jinja(template) if template is not None else None
+
+
+def _generation_config(loaded: Any) -> Any:
+    """transformers' GenerationConfig with the template's stop ids (every one ends a reply) and the run's settings."""
+    from transformers import GenerationConfig
+
+    g = loaded.cfg.generate
+    sampling = {"temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k} if g.do_sample else {}
+    return GenerationConfig(
+        eos_token_id=loaded.format.stop_ids(),
+        pad_token_id=loaded.tokenizer.pad_token_id,
+        bos_token_id=getattr(loaded.tokenizer, "bos_token_id", None),
+        max_new_tokens=g.max_new_tokens,
+        do_sample=g.do_sample,
+        repetition_penalty=g.repetition_penalty,
+        **sampling,
+    )
+
+
+def _write_model(folder: Path, loaded: Any, model: Any, int8: bool) -> None:
+    from glmtune.core.runs import atomic_write_json
+    from glmtune.models import int8 as int8_mod
+
+    if int8:
+        model.config.save_pretrained(folder)
+        int8_mod.save(model, folder)
+    else:
+        model.save_pretrained(folder)
+    if loaded.cfg.task == "sft":
+        template = _chat_template(loaded)
+        if template is not None:
+            loaded.tokenizer.chat_template = template
+        _generation_config(loaded).save_pretrained(folder)
+    else:
+        loaded.classifier.save_head(folder / "head.safetensors")
+        atomic_write_json(folder / "labels.json", loaded.labels)
+    loaded.tokenizer.save_pretrained(folder)
+
+
+def _is_chatglm3(model: Any) -> bool:
+    return getattr(model.config, "model_type", None) == "chatglm"
+
+
+def _notes(cfg: Any, model: Any, run_dir: Path, int8: bool) -> dict[str, Any]:
+    from glmtune import __version__
+
+    if int8:
+        loads_with = "glmtune only: glmtune.infer.export.load_export(DIR), glmtune predict/chat DIR"
+    elif _is_chatglm3(model):
+        loads_with = (
+            "glmtune's native ChatGLM3: import glmtune.models.chatglm3, then transformers Auto classes"
+        )
+    elif cfg.task == "sft":
+        loads_with = "transformers.AutoModelForCausalLM.from_pretrained(DIR) (no glmtune needed)"
+    else:
+        loads_with = "transformers.AutoModel.from_pretrained(DIR) + head.safetensors (see README.md)"
+    return {
+        "format": EXPORT_FORMAT,
+        "glmtune": __version__,
+        "task": cfg.task,
+        "weights": "int8" if int8 else "merged",
+        "method": cfg.method.name,
+        "base_model": cfg.model.name_or_path,
+        "run": str(run_dir),
+        "template": cfg.data.template if cfg.task == "sft" else None,
+        "pooling": cfg.model.pooling if cfg.task != "sft" else None,
+        "loads_with": loads_with,
+        "config": cfg.to_dict(),
+    }
+
+
+def export(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    merge_weights: bool = False,
+    quantize: str | None = None,
+    gguf: bool = False,
+    data: str | None = None,
+) -> Path:
+    """Write the export folder ``out`` for the run ``run_dir`` (see the module docstring); returns ``out``."""
+    from glmtune.core.runs import atomic_write_json, atomic_write_text
+    from glmtune.infer.export.readme import readme
+
+    run_dir, out = Path(run_dir), Path(out)
+    check_request(out, merge=merge_weights, quantize=quantize, gguf=gguf)
+    loaded = _load_run(run_dir)
+    model = merge(loaded)
+    int8 = quantize == "int8"
+    run_cfg = loaded.cfg  # measuring swaps in a copy without autocast
+    report = measure_int8(loaded, data) if int8 else None  # quantizes the model in place
+    with new_folder(out) as tmp:
+        _write_model(tmp, loaded, model, int8)
+        notes = _notes(run_cfg, model, run_dir, int8)
+        atomic_write_json(tmp / EXPORT_FILE, notes)
+        if report is not None:
+            atomic_write_json(tmp / "quantization.json", report)
+        atomic_write_text(tmp / "README.md", readme(notes, report))
+    return out
+
+
+# =========================================================================== int8: quantize and measure
+
+
+def _weights_mb(model: Any) -> float:
+    from glmtune.models import int8 as int8_mod
+
+    state, _ = int8_mod.int8_state(model)
+    seen: set[int] = set()
+    total = 0
+    for tensor in state.values():  # tied tensors once
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return round(total / 2**20, 3)
+
+
+def _measure_data(loaded: Any, data: str | None) -> list[Any]:
+    """Labelled examples (classification) or conversations (sft): ``data`` or the run's test split."""
+    cfg = loaded.cfg
+    if cfg.task == "sft":
+        from glmtune.data.conversation import load_conversations
+        from glmtune.data.sft import load_sft
+
+        items = load_conversations(data, cfg.data.format) if data else load_sft(cfg.data).test
+    else:
+        from glmtune import data as data_mod
+
+        if data:
+            items = data_mod.load_labelled_file(
+                data, cfg.data.text_column, cfg.data.label_column, loaded.labels
+            )
+        else:
+            items = data_mod.load_classification(cfg.data).test
+    if not items:
+        raise UserError(
+            "no examples to measure int8 quality on", file=data, expected="a non-empty test split"
+        )
+    return items[: MEASURE_LIMIT[cfg.task]]
+
+
+def _score(loaded: Any, items: list[Any]) -> dict[str, Any]:
+    """Quality and wall times of one precision on ``items`` (one thread count, whatever torch uses).
+
+    ``forward_seconds`` runs the same tokens on both sides (the speed-up); sft's ``seconds`` adds greedy
+    generation, whose length depends on what each precision generates."""
+    import torch
+
+    start = time.perf_counter()
+    if loaded.cfg.task == "sft":
+        from glmtune.infer import lm
+
+        lm.conversation_loss(loaded, items)
+        forward = time.perf_counter() - start
+        metrics, _ = lm.evaluate_conversations(loaded, items, progress=False)
+        metrics["forward_seconds"] = round(forward, 4)
+        metrics["seconds"] = round(time.perf_counter() - start - forward, 4)
+    else:
+        from glmtune.infer import classifier
+
+        probs = classifier.predict_texts(loaded, [e.text for e in items])
+        gold = torch.tensor([e.label for e in items])
+        metrics = {"accuracy": float((probs.argmax(-1) == gold).float().mean()), "n": len(items)}
+        metrics["predictions"] = probs.argmax(-1).tolist()
+        metrics["forward_seconds"] = round(time.perf_counter() - start, 4)
+    return metrics
+
+
+def measure_int8(loaded: Any, data: str | None) -> dict[str, Any]:
+    """Score the merged fp32 model, quantize it to int8 in place, score again: the report for quantization.json."""
+    import torch
+
+    from glmtune.models import int8 as int8_mod
+
+    items = _measure_data(loaded, data)  # data mistakes before any timing
+    holder = _holder(loaded)
+    holder.float().cpu().eval()
+    # Both sides without autocast: int8 Linears take fp32 activations, so fp32 is the fair baseline.
+    loaded.cfg = dataclasses.replace(
+        loaded.cfg, train=dataclasses.replace(loaded.cfg.train, mixed_precision="no")
+    )
+    fp32_mb = _weights_mb(holder.backbone)
+    _score(loaded, items[:2])  # warm-up (first-call allocations, kernel selection)
+    fp32 = _score(loaded, items)
+    int8_mod.quantize(holder.backbone)
+    _score(loaded, items[:2])
+    int8 = _score(loaded, items)
+    report: dict[str, Any] = {
+        "method": "torch.ao dynamic quantization: int8 weights per output channel, activations int8 per tensor per call",
+        "quantized": "every nn.Linear of the model (the LM output layer included); embeddings, norms, head fp32",
+        "threads": torch.get_num_threads(),
+        "examples": len(items),
+        "fp32": {k: v for k, v in fp32.items() if k != "predictions"},
+        "int8": {k: v for k, v in int8.items() if k != "predictions"},
+        "speedup": round(fp32["forward_seconds"] / max(int8["forward_seconds"], 1e-9), 3),
+        "weights_mb": {"fp32": fp32_mb, "int8": _weights_mb(holder.backbone)},
+    }
+    if "predictions" in fp32:
+        same = sum(a == b for a, b in zip(fp32["predictions"], int8["predictions"]))
+        report["agreement"] = round(same / len(items), 4)
+        report["delta"] = {"accuracy": round(int8["accuracy"] - fp32["accuracy"], 4)}
+    else:
+        keys = [k for k in fp32 if k != "n" and "seconds" not in k and isinstance(fp32[k], (int, float))]
+        report["speedup_with_generation"] = round(fp32["seconds"] / max(int8["seconds"], 1e-9), 3)
+        report["delta"] = {k: round(int8[k] - fp32[k], 4) for k in keys}
+    return report
+
+
+# =========================================================================== loading an export back
+
+
+def is_export(folder: str | Path) -> bool:
+    return (Path(folder) / EXPORT_FILE).is_file()
+
+
+def load_export(folder: str | Path) -> Any:
+    """An export folder as ``lm.LoadedLM`` (sft) or ``classifier.LoadedRun`` (classification), in eval mode:
+    what ``glmtune predict`` and ``chat`` use, whether the weights are merged fp32 or int8."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from glmtune.core import config as config_mod
+    from glmtune.core.runs import RunDir, read_json
+    from glmtune.infer.classifier import LoadedRun
+    from glmtune.infer.lm import LoadedLM, resolve_template
+    from glmtune.models import int8 as int8_mod
+    from glmtune.models.causal import CausalLM
+    from glmtune.models.heads import SequenceClassifier
+    from glmtune.models.load import load_backbone, load_causal_lm, load_config, load_tokenizer
+
+    folder = Path(folder)
+    if not is_export(folder):
+        raise UserError(f"not a glmtune export folder (no {EXPORT_FILE})", file=str(folder))
+    notes = read_json(folder / EXPORT_FILE)
+    if notes.get("format") != EXPORT_FORMAT:
+        raise UserError(
+            f"export format {notes.get('format')} (glmtune {notes.get('glmtune')})",
+            file=str(folder),
+            expected=f"format {EXPORT_FORMAT}; export the run again with this glmtune",
+        )
+    cfg = config_mod.from_dict(notes["config"])
+    int8 = notes["weights"] == "int8"
+    model_cfg = dataclasses.replace(cfg.model, name_or_path=str(folder), num_layers=None)
+    train_cfg = dataclasses.replace(cfg.train, mixed_precision="no") if int8 else cfg.train
+    cfg = dataclasses.replace(cfg, model=model_cfg, train=train_cfg)
+    tokenizer = load_tokenizer(model_cfg)
+    auto_class = AutoModelForCausalLM if cfg.task == "sft" else AutoModel
+    if int8:
+        config = load_config(model_cfg)  # also registers ChatGLM3 with the Auto classes
+        model = int8_mod.load(folder, auto_class, config)
+    elif cfg.task == "sft":
+        model = load_causal_lm(model_cfg)
+    else:
+        model = load_backbone(model_cfg)
+    if cfg.task == "sft":
+        fmt = resolve_template(tokenizer, cfg.data.template)
+        return LoadedLM(cfg, CausalLM(model).eval(), tokenizer, fmt)
+    labels = read_json(folder / "labels.json")
+    classifier = SequenceClassifier(model, len(labels), pooling=cfg.model.pooling)
+    classifier.load_head(folder / "head.safetensors")
+    return LoadedRun(RunDir(folder), cfg, classifier.eval(), tokenizer, labels)

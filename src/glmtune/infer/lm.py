@@ -1,0 +1,305 @@
+"""Use a trained SFT run (or an untuned model): load it back, turn prompts into replies.
+
+The generation counterpart of ``classify``: ``glmtune predict`` and ``glmtune chat`` load through here, and the
+SFT task generates its validation/test replies with the same ``generate_replies``. Runs on one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glmtune import methods
+from glmtune.core.config import Config
+from glmtune.core.errors import UserError
+from glmtune.core.runs import RunDir
+from glmtune.data.conversation import Conversation, Message
+
+
+def as_config_field(error: UserError) -> UserError:
+    """data.templates names its argument ``template``; in a run that is the config's ``data.template``."""
+    if error.field != "template":
+        return error
+    return UserError(
+        error.message, file=error.file, line=error.line, field="data.template", expected=error.expected
+    )
+
+
+def resolve_template(tokenizer: Any, template: str) -> Any:
+    """``data.templates.resolve_template``, its errors naming the config field ``data.template``."""
+    from glmtune.data import templates
+
+    try:
+        return templates.resolve_template(tokenizer, template)
+    except UserError as error:
+        raise as_config_field(error) from None
+
+
+def reference_text(message: Any) -> str:
+    """What a reply is scored against: its text, or its tool calls as JSON lines."""
+    if message.tool_calls:
+        calls = [json.dumps(call["function"], ensure_ascii=False) for call in message.tool_calls]
+        return "\n".join(([message.content] if message.content else []) + calls)
+    return message.content
+
+
+def generation_config(cfg: Config, stop_ids: list[int]) -> Any:
+    from glmtune.infer.generate import GenerationConfig
+
+    return GenerationConfig(**dataclasses.asdict(cfg.generate), stop_ids=stop_ids)
+
+
+def generate_replies(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    gen_cfg: Any,
+    batch_size: int,
+    *,
+    autocast: Any = nullcontext,
+    progress: bool = False,
+) -> list[Any]:
+    """``generate.Generated`` replies for token-id prompts, in order: longest prompts first in batches of
+    ``batch_size`` (little padding), one ``model.generate`` per batch."""
+    from tqdm.auto import tqdm
+
+    from glmtune.infer.generate import generate
+
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    replies: list[Any] = [None] * len(prompts)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress, dynamic_ncols=True)
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            with torch.no_grad(), autocast():
+                outputs = generate(model, tokenizer, [prompts[i] for i in chunk], gen_cfg)
+            for index, reply in zip(chunk, outputs):
+                replies[index] = reply
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return replies
+
+
+def prompt_ids(tokenizer: Any, messages: list[Any], tools: Any, template: str, max_len: int) -> list[int]:
+    """The generation prompt for ``messages``; an over-long prompt keeps its last ``max_len`` tokens."""
+    from glmtune.data.templates import encode_prompt
+
+    ids = encode_prompt(tokenizer, messages, template, tools)
+    return ids[-max_len:]
+
+
+# =========================================================================== using a trained run
+
+
+@dataclass
+class LoadedLM:
+    """A causal LM ready to generate: the run's config (or defaults around a bare model), model, tokenizer."""
+
+    cfg: Config
+    model: torch.nn.Module
+    tokenizer: Any
+    format: Any  # the resolved chat template (stop ids, parse_reply)
+    run: RunDir | None = None
+
+    def autocast(self) -> Any:
+        from glmtune.models.precision import mixed_precision
+
+        device = next(self.model.parameters()).device
+        enabled = mixed_precision(self.cfg.train) == "bf16"
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _place(model: torch.nn.Module) -> torch.nn.Module:
+    return model.to("cuda") if torch.cuda.is_available() else model
+
+
+def load_run(path: str | Path, *, full_precision: bool = False) -> LoadedLM:
+    """Base model + a finished SFT run's trained weights, in eval mode (``full_precision``: the base unquantized,
+    whatever ``model.quantization`` the run trained with — what ``export --merge`` folds a QLoRA adapter into)."""
+    from glmtune.core import config as config_mod
+    from glmtune.models.causal import load_language_model
+    from glmtune.models.load import load_config
+
+    run = RunDir(path)
+    run.check(need_weights=True)
+    cfg = config_mod.load(run.config)
+    if cfg.task != "sft":
+        raise UserError(f"a {cfg.task} run, not an sft run", file=str(run.path), expected="an sft run folder")
+    if full_precision:
+        cfg = config_mod.without_quantization(cfg)
+    overrides = methods.config_overrides(cfg.method, load_config(cfg.model))
+    model, tokenizer = load_language_model(cfg.model, config_overrides=overrides)
+    methods.load(model, cfg.method, run)
+    fmt = resolve_template(tokenizer, cfg.data.template)
+    return LoadedLM(cfg, _place(model.eval()), tokenizer, fmt, run)
+
+
+def load_base(name_or_path: str, template: str = "auto") -> LoadedLM:
+    """An untuned model (a built-in name or an HF folder) to chat with."""
+    from glmtune.core import config as config_mod
+    from glmtune.models.causal import load_language_model
+
+    cfg = config_mod.from_dict(
+        {"task": "sft", "model": {"name_or_path": name_or_path}, "data": {"template": template}}
+    )
+    model, tokenizer = load_language_model(cfg.model)
+    fmt = resolve_template(tokenizer, template)
+    return LoadedLM(cfg, _place(model.eval()), tokenizer, fmt)
+
+
+def load(run_or_model: str, template: str | None = None) -> LoadedLM:
+    """A run folder (has glmtune.json) or a model name/folder."""
+    if (Path(run_or_model) / "glmtune.json").is_file():
+        loaded = load_run(run_or_model)
+        if template is not None and template != loaded.cfg.data.template:
+            raise UserError(
+                "a run chats with the template it was trained with",
+                field="--template",
+                expected=f"no --template, or {loaded.cfg.data.template}",
+            )
+        return loaded
+    return load_base(run_or_model, template or "auto")
+
+
+def read_prompts(path: str | Path) -> list[Conversation]:
+    """Prompts to reply to, from a JSONL/JSON/CSV/... file: ``messages`` (or sharegpt ``conversations``) ending
+    with the user's turn, else a ``prompt``, ``text`` or alpaca ``instruction`` (+ ``input``) column, with an
+    optional ``system``."""
+    from glmtune.data.conversation import conversations_from_records
+    from glmtune.data.read import columns_of, read_records, where
+
+    records = read_records(path)
+    if not records:
+        raise UserError("no prompts in the file", file=str(path), expected="at least one record")
+    columns = columns_of(records)
+    if "messages" in columns or "conversations" in columns:
+        return conversations_from_records(records, path, require_reply=False)
+    key = next((c for c in ("prompt", "text", "instruction") if c in columns), None)
+    if key is None:
+        raise UserError(
+            f"no prompt column (found: {', '.join(columns) or 'none'})",
+            file=str(path),
+            expected="a messages, prompt, text or instruction column",
+        )
+    prompts = []
+    for record in records:
+        text, extra, system = record.get(key), record.get("input"), record.get("system")
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(
+                f"got {text!r}", **where(path, record.get("_line")), field=key, expected="a non-empty string"
+            )
+        if key == "instruction" and isinstance(extra, str) and extra.strip():
+            text = f"{text}\n{extra}"
+        messages = ([Message("system", system)] if isinstance(system, str) and system else []) + [
+            Message("user", text)
+        ]
+        prompts.append(Conversation(messages, None, record.get("_line"), str(path)))
+    return prompts
+
+
+def reply_all(
+    loaded: LoadedLM, prompts: list[Conversation], *, progress: bool = False
+) -> list[dict[str, Any]]:
+    """One row per prompt: the prompt (its last turn), the reply text, why it ended and the parsed reply
+    (``message``: ``{"content"}``, or a tool call ``{"name", "parameters"}`` for templates that have them)."""
+    cfg = loaded.cfg
+    ids = [
+        prompt_ids(loaded.tokenizer, p.messages, p.tools, cfg.data.template, cfg.train.max_seq_len)
+        for p in prompts
+    ]
+    gen_cfg = generation_config(cfg, loaded.format.stop_ids())
+    replies = generate_replies(
+        loaded.model,
+        loaded.tokenizer,
+        ids,
+        gen_cfg,
+        cfg.eval.batch_size,
+        autocast=loaded.autocast,
+        progress=progress,
+    )
+    return [
+        {
+            "prompt": prompt.messages[-1].content,
+            "output": reply.text,
+            "finish_reason": reply.finish_reason,
+            "message": loaded.format.parse_reply(reply.text),
+        }
+        for prompt, reply in zip(prompts, replies)
+    ]
+
+
+@torch.no_grad()
+def conversation_loss(loaded: LoadedLM, conversations: list[Conversation]) -> float:
+    """Token-mean next-token loss over the learned tokens of every conversation that fits ``max_seq_len``."""
+    from glmtune.data.sft import make_sft_loader
+    from glmtune.data.templates import encode_conversations
+    from glmtune.models.causal import token_losses
+    from glmtune.models.load import pad_token_id
+
+    cfg = loaded.cfg
+    encoded = encode_conversations(
+        loaded.tokenizer,
+        conversations,
+        cfg.data.template,
+        max_seq_len=cfg.train.max_seq_len,
+        train_on_prompt=cfg.data.train_on_prompt,
+    )
+    loader = make_sft_loader(encoded.examples, cfg.eval.batch_size, pad_token_id(loaded.tokenizer))
+    device = next(loaded.model.parameters()).device
+    total, count = 0.0, 0
+    for batch in loader:
+        with loaded.autocast():
+            logits = loaded.model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).logits  # [batch, seq, vocab]
+        sums, counts = token_losses(logits, batch["labels"].to(device))  # [batch], [batch]
+        total, count = total + sums.sum().item(), count + int(counts.sum())
+    return total / count if count else float("nan")
+
+
+def evaluate_conversations(
+    loaded: LoadedLM, conversations: list[Conversation], *, progress: bool = True
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Loss, perplexity and generation metrics of a run on conversations (the last reply is the reference),
+    and one prediction row (prompt, reference, output) per conversation."""
+    import math
+
+    from glmtune import metrics as evaluation
+
+    loss = conversation_loss(loaded, conversations)
+    prompts = [Conversation(c.messages[:-1], c.tools, c.line, c.source) for c in conversations]
+    rows = reply_all(loaded, prompts, progress=progress)
+    for row, conversation in zip(rows, conversations):
+        row["reference"] = reference_text(conversation.messages[-1])
+    metrics: dict[str, Any] = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+    metrics.update(evaluation.generation_metrics([r["output"] for r in rows], [r["reference"] for r in rows]))
+    metrics["n"] = len(conversations)
+    return metrics, rows
+
+
+__all__ = [
+    "LoadedLM",
+    "as_config_field",
+    "conversation_loss",
+    "evaluate_conversations",
+    "generate_replies",
+    "generation_config",
+    "load",
+    "load_base",
+    "load_run",
+    "prompt_ids",
+    "read_prompts",
+    "reference_text",
+    "reply_all",
+    "resolve_template",
+]

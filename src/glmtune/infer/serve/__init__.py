@@ -1,0 +1,100 @@
+"""``glmtune serve RUN_DIR|MODEL ...``: an OpenAI-compatible HTTP server (FastAPI + uvicorn) over trained runs.
+
+protocol.py (the wire format) · app.py (the endpoints; knows HTTP) · engine.py (queue + batching worker) ·
+rows.py (one batched ``generate`` over requests with their own settings) · models.py (what is served, by name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import socket
+import threading
+
+from glmtune.core.errors import UserError
+
+API_KEY_ENV = "GLMTUNE_API_KEY"
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, made before any model loads: a port in use fails in a second, with one
+    line, and the socket handed to uvicorn cannot be taken in between."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is not "in use"
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as error:
+        sock.close()
+        reason = "another process is listening there" if error.errno == errno.EADDRINUSE else error.strerror
+        raise UserError(
+            f"cannot listen on {host}:{port}: {reason}", field="--port", expected="a free port (or --port 0)"
+        ) from None
+    except (OverflowError, socket.gaierror) as error:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {error}", field="--host/--port") from None
+    return sock
+
+
+def serve(
+    targets: list[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    limits=None,
+    template: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Bind, load every target, print where it serves, and serve until SIGINT/SIGTERM (uvicorn's graceful
+    shutdown: no new connections, in-flight requests finish, then the worker drains and stops)."""
+    import uvicorn
+
+    from glmtune.infer.serve.app import Limits, create_app
+    from glmtune.infer.serve.registry import load_models
+
+    limits = limits or Limits()
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    sock = bind(host, port)
+    try:
+        served = load_models(targets, template)
+        app = create_app(served, limits, api_key)
+        config = uvicorn.Config(
+            app,
+            log_level=log_level,
+            timeout_graceful_shutdown=int(limits.timeout_s) + 5,
+            h11_max_incomplete_event_size=limits.max_body_bytes,
+        )
+        bound_host, bound_port = sock.getsockname()[:2]
+        names = ", ".join(served)
+        auth = " (API key required)" if api_key else ""
+        print(f"glmtune: serving {names} on http://{bound_host}:{bound_port}{auth}", flush=True)
+        with _exit_zero_after_signals():
+            uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+@contextlib.contextmanager
+def _exit_zero_after_signals():
+    """uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that was there
+    before it: make that handler a clean exit (code 0), not a KeyboardInterrupt traceback or death by signal."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stopped(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    previous = {sig: signal.signal(sig, stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+__all__ = ["API_KEY_ENV", "bind", "serve"]

@@ -1,0 +1,157 @@
+"""The training recipe: ``run(cfg)`` reads top to bottom in the order things happen.
+
+data → seed → model → method → batches → optimizer → the run folder → loop (evaluate, keep best, early-stop,
+checkpoint) → restore best → validation and test → metrics, predictions, plots. What a task changes
+(classification, sft) lives in ``glmtune.train.tasks``; the loop (``glmtune.train.loop``) is the same for every
+task. accelerate owns devices, mixed precision, gradient accumulation, DDP and checkpoint state.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glmtune import methods
+from glmtune.core import config as config_mod
+from glmtune.core.config import Config
+from glmtune.core.runs import RunDir, atomic_write_json, atomic_write_text, read_json
+from glmtune.methods.speed import for_autocast
+from glmtune.models.precision import AUTOCAST_DTYPES, mixed_precision
+from glmtune.train import tasks
+from glmtune.train.loop import Session, TrainerState, build_optimizer, fit, latest_checkpoint, total_steps
+from glmtune.train.techniques import adversarial, regularize
+from glmtune.train.track import Tracker
+
+
+def run(
+    cfg: Config,
+    output: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    on_evaluate: Callable[[int, dict[str, Any]], bool] | None = None,
+) -> Path:
+    """Train ``cfg`` into the run folder ``output``; returns the folder. Bad input raises UserError early.
+
+    ``on_evaluate(step, metrics)`` is called after each validation evaluation; returning True stops training
+    there like early stopping (best weights restored, folder finished as usual): a pruned tuning trial.
+    """
+    run_dir = RunDir(output)
+    checkpoint = None
+    if resume:
+        run_dir.check(need_weights=False)
+        cfg = config_mod.load(run_dir.config)
+        checkpoint = latest_checkpoint(run_dir)
+    elif run_dir.path.is_dir() and any(run_dir.path.iterdir()) and not overwrite:
+        run_dir.create(overwrite=False)  # raises the "not empty" error before any work is done
+    task = tasks.create(cfg)
+    task.load_data()  # every bad-input error happens here, before the run folder is touched
+    session = prepare(cfg, task, run_dir, overwrite=overwrite, resume=resume, checkpoint=checkpoint)
+    session.on_evaluate = on_evaluate
+    fit(session)
+    finish(session)
+    return run_dir.path
+
+
+def prepare(
+    cfg: Config, task: Any, run_dir: RunDir, *, overwrite: bool, resume: bool, checkpoint: Path | None
+) -> Session:
+    """Seed, model, method, batches, optimizer and schedule; then the run folder and the resumed state."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision(cfg.train), gradient_accumulation_steps=cfg.train.grad_accum
+    )
+    set_seed(cfg.train.seed)
+    model, optimizer, scheduler, params = _build(cfg, task, accelerator)
+    if accelerator.is_main_process and not resume:  # created only now that config, data and model are good
+        run_dir.create(overwrite=overwrite)
+        run_dir.write_marker({"task": cfg.task})
+        atomic_write_text(run_dir.config, config_mod.dump(cfg))
+        task.write_start(run_dir)
+    accelerator.wait_for_everyone()
+    state = TrainerState()
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint), strict=False)
+        state = TrainerState(**read_json(checkpoint / "trainer_state.json"))
+    steps = total_steps(cfg.train, len(task.loaders["train"]))
+    tracker = Tracker(run_dir, steps, enabled=accelerator.is_main_process, start_step=state.step)
+    for line in task.describe():
+        tracker.write(line)
+    tracker.write(f"{params} · {steps} steps · precision {accelerator.mixed_precision}")
+    adversary = adversarial.create(model, cfg.train.adversarial, accelerator)  # None unless fgm/pgd
+    session = Session(
+        cfg, run_dir, task, accelerator, model, optimizer, scheduler, adversary, tracker, steps, state
+    )
+    if task.compare_before_after and state.before is None and task.size("validation"):
+        state.before = task.evaluate(model, "validation", accelerator, final=True)  # the untuned model
+    return session
+
+
+def _build(cfg: Config, task: Any, accelerator: Any) -> tuple[torch.nn.Module, Any, Any, str]:
+    """Model and method (which parameters train is decided once, here), batches, optimizer and schedule, all
+    prepared by accelerate; checkpoints registered to hold only what trains. Returns the method's summary too."""
+    model, tokenizer = task.build_model()
+    params = methods.apply(model, cfg.method)
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    loaders = task.make_loaders(tokenizer, model)  # encoded once: templates, label masks, truncation
+    if accelerator.mixed_precision in AUTOCAST_DTYPES:  # from here on the model only runs under autocast:
+        for_autocast(model, AUTOCAST_DTYPES[accelerator.mixed_precision])  # frozen weights cast once
+    optimizer = build_optimizer(model, cfg.train)
+    model, optimizer, *prepared = accelerator.prepare(
+        model, optimizer, loaders["train"], loaders["validation"], loaders["test"]
+    )
+    task.loaders = dict(zip(("train", "validation", "test"), prepared))
+    steps = total_steps(cfg.train, len(task.loaders["train"]))
+    # Not prepared by accelerate (it would step once per process); the loop steps it once per optimizer step.
+    scheduler = regularize.make_scheduler(optimizer, cfg.train, steps)
+    accelerator.register_for_checkpointing(scheduler)
+    trainable = {name for name, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+    # Checkpoints hold only what trains (the frozen base reloads from the model), plus optimizer/RNG/schedule.
+    accelerator.register_save_state_pre_hook(
+        lambda _models, weights, _dir: [_keep_only(w, trainable) for w in weights]
+    )
+    return model, optimizer, scheduler, params
+
+
+def finish(s: Session) -> None:
+    """The best weights back, then every metric on validation and the held-out test set; the task's files."""
+    accelerator, state = s.accelerator, s.state
+    accelerator.wait_for_everyone()
+    if state.best_step is not None:
+        methods.restore(accelerator.unwrap_model(s.model), s.cfg.method, s.run)
+    else:
+        s.save_weights()
+    results: dict[str, Any] = {}
+    for name in ("validation", "test"):
+        if s.task.size(name):
+            results[name] = s.task.evaluate(s.model, name, accelerator, final=True)
+    if state.before is not None and "validation" in results:
+        results["before"], results["after"] = state.before, results["validation"]
+    s.tracker.close()
+    if s.main:
+        results["best_step"] = state.best_step
+        results["steps"] = state.step
+        atomic_write_json(s.run.metrics, results)
+        s.task.write_outputs(s.run, results)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+def _keep_only(weights: dict[str, torch.Tensor], names: set[str]) -> None:
+    for key in [k for k in weights if k not in names]:
+        del weights[key]
+
+
+def default_output(config_path: str | None) -> Path:
+    name = Path(config_path).stem if config_path else "default"
+    return Path(os.environ.get("GLMTUNE_RUNS", "runs")) / name
+
+
+__all__ = ["run", "prepare", "finish", "default_output"]

@@ -1,0 +1,281 @@
+"""Supervised fine-tuning (``task: sft``): a causal LM learns the assistant's replies of conversations.
+
+Data: ``data.sft.load_sft`` (files or built-in datasets, weighted mix, seeded splits) → ``data.templates``
+(chat template, label masks, whole-round truncation) → padded or packed batches. Loss: next-token
+cross-entropy over the learned (label) tokens, a token mean over the batch. Evaluation of a split: the same
+loss and its perplexity over every encodable conversation, and, when asked for (``final``, or a generation
+``train.metric``), a reply generated for every conversation of the split (batched, greedy unless
+``generate.do_sample``) scored against the reference reply by ``evaluation.generation_metrics``.
+Outputs: metrics.json (``validation``, ``test``, ``before``/``after``), predictions.jsonl (prompt, reference,
+output), data_summary.json. Using a finished run (``predict``, ``chat``) is ``glmtune.infer.lm``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from glmtune import methods
+from glmtune.core.config import Config
+from glmtune.core.errors import UserError
+from glmtune.core.runs import RunDir, atomic_write_json
+from glmtune.data.conversation import Conversation
+from glmtune.infer.lm import (
+    as_config_field,
+    generate_replies,
+    generation_config,
+    prompt_ids,
+    reference_text,
+    resolve_template,
+)
+from glmtune.models.causal import accepts_learned_mask, learned_mask, token_losses
+
+LOSS_METRICS = ("loss", "perplexity")
+TABLE_ROWS = (
+    ("loss", "loss"),
+    ("perplexity", "perplexity"),
+    ("bleu4", "bleu4"),
+    ("rouge1_char", "rouge1_char"),
+    ("rouge2_char", "rouge2_char"),
+    ("rougeL_char", "rougeL_char"),
+    ("rougeL_word", "rougeL_word"),
+    ("exact_match", "exact_match"),
+    ("n", "n"),
+)
+
+
+class SFT:
+    """The SFT task (see ``glmtune.train.tasks`` for the protocol)."""
+
+    compare_before_after = True  # metrics.json: the untuned model's validation metrics next to the tuned
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.loaders: dict[str, Any] = {}
+        self.rows: dict[str, list[dict[str, Any]]] = {}
+        self.teacher: Any = None  # method.distill: the teacher run (distill.LMTeacher), set with the loaders
+        self.generation_metric = cfg.train.metric not in LOSS_METRICS
+        self.logged = LOSS_METRICS + ((cfg.train.metric,) if self.generation_metric else ())
+
+    # 1. data: read, split, then tokenizer, template and encoding (every bad-input error happens here)
+    def load_data(self) -> None:
+        from glmtune.data.augment import augment_conversations
+        from glmtune.data.sft import load_sft
+        from glmtune.models.load import load_tokenizer
+        from glmtune.train.techniques.backtranslate import translator_for
+
+        cfg = self.cfg
+        self.data = load_sft(cfg.data)
+        # data.augment: copies of training conversations with noisy user turns; validation and test as read
+        self.data.train = augment_conversations(
+            self.data.train, cfg.data.augment, cfg.train.seed, translator_for(cfg.data.augment)
+        )
+        self.splits = {name: getattr(self.data, name) for name in ("train", "validation", "test")}
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.format = resolve_template(self.tokenizer, cfg.data.template)
+        self.encoded = {
+            name: _encode(self.tokenizer, conversations, cfg) for name, conversations in self.splits.items()
+        }
+        if not self.encoded["train"].examples:
+            raise UserError(
+                f"no training conversation fits train.max_seq_len={cfg.train.max_seq_len} "
+                f"({self.encoded['train'].num_dropped} dropped)",
+                field="train.max_seq_len",
+                expected="a larger train.max_seq_len",
+            )
+        self.counts = {n: (e.num_truncated, e.num_dropped) for n, e in self.encoded.items()}
+
+    # 2. model
+    def build_model(self) -> tuple[torch.nn.Module, Any]:
+        from glmtune.models.causal import CausalLM
+        from glmtune.models.load import load_causal_lm, load_config
+
+        cfg = self.cfg
+        overrides = methods.config_overrides(cfg.method, load_config(cfg.model))  # e.g. P-tuning's prefix
+        model = load_causal_lm(cfg.model, dropout=cfg.train.dropout, config_overrides=overrides)
+        return CausalLM(model), self.tokenizer
+
+    # 3. batches: padded per batch, or packed (checked on the model: it must keep packed examples apart)
+    def make_loaders(self, tokenizer: Any, model: torch.nn.Module) -> dict[str, Any]:
+        from glmtune.data.packing import packing_supported
+        from glmtune.data.sft import make_sft_loader
+        from glmtune.models.load import pad_token_id
+
+        cfg, train = self.cfg, self.cfg.train
+        if cfg.data.packing and cfg.method.name in methods.PROMPT_LEARNING:
+            raise UserError(
+                f"method {cfg.method.name} puts virtual tokens before each row (peft ignores packed position ids)",
+                field="data.packing",
+                expected="false with prompt_tuning / p_tuning",
+            )
+        if cfg.data.packing and not packing_supported(model.backbone):
+            raise UserError(
+                f"model type '{getattr(model.config, 'model_type', '?')}' does not keep packed examples apart",
+                field="data.packing",
+                expected="false for this model",
+            )
+        self.teacher = None
+        if cfg.method.distill.teacher is not None:  # token-level KD: the teacher scores every batch
+            from glmtune.train.techniques.distill import LMTeacher
+
+            self.teacher = LMTeacher(cfg, tokenizer)
+        pad_id = pad_token_id(tokenizer)
+        loaders = {
+            "train": make_sft_loader(
+                self.encoded["train"].examples,
+                train.batch_size,
+                pad_id,
+                seed=train.seed,
+                shuffle=True,
+                group_by_length=train.group_by_length,
+                packing_len=train.max_seq_len if cfg.data.packing else None,
+            )
+        }
+        for name in ("validation", "test"):
+            loaders[name] = make_sft_loader(self.encoded[name].examples, cfg.eval.batch_size, pad_id)
+        return loaders
+
+    def describe(self) -> list[str]:
+        cut = {n: c for n, c in self.counts.items() if any(c)}
+        lines = [f"template {self.format.name} · stop ids {self.format.stop_ids()}"]
+        if self.teacher is not None:
+            lines.append(f"distilling from {self.cfg.method.distill.teacher} (token-level KL)")
+        if cut:
+            lines.append(
+                f"(truncated, dropped) at train.max_seq_len={self.cfg.train.max_seq_len}: {cut} per split"
+            )
+        sizes = " / ".join(f"{len(self.splits[n])} {n}" for n in ("train", "validation", "test"))
+        return lines + [f"{sizes} conversations"]
+
+    def size(self, split: str) -> int:
+        return len(self.splits[split])
+
+    # 4. the loss of one batch: token mean over the batch's learned tokens
+    def loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], accelerator: Any
+    ) -> tuple[torch.Tensor, int]:
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "index", "num_tokens")}
+        # The LM head runs on learned positions only where the model allows it (the teacher needs all).
+        mask = None
+        if self.teacher is None and accepts_learned_mask(model):
+            mask = learned_mask(batch["labels"])  # [batch, seq]
+            inputs["logits_to_keep"] = mask
+        with accelerator.autocast():
+            logits = model(**inputs).logits  # [learned, vocab] with a mask, else [batch, seq, vocab]
+        if self.teacher is not None:
+            from glmtune.train.techniques import distill
+
+            kd = self.cfg.method.distill
+            teacher = self.teacher.logits(inputs, accelerator)  # [batch, seq, vocab]
+            loss = distill.token_loss(logits, teacher, batch["labels"], kd.temperature, kd.alpha)
+        else:
+            smoothing = self.cfg.train.label_smoothing
+            sums, counts = token_losses(logits, batch["labels"], smoothing, mask)  # [batch], [batch]
+            loss = sums.sum() / counts.sum().clamp(min=1)
+        tokens = batch["num_tokens"].sum() if "num_tokens" in batch else batch["attention_mask"].sum()
+        return loss, int(tokens)
+
+    # 5. evaluation
+    @torch.no_grad()
+    def _loss(self, model: torch.nn.Module, split: str, accelerator: Any) -> float:
+        """Token-mean loss over the whole (sharded) split, gathered once per example."""
+        was_training = model.training
+        model.eval()
+        sums_all, counts_all = [], []
+        for batch in self.loaders[split]:
+            inputs = {k: v for k, v in batch.items() if k not in ("labels", "index")}
+            with accelerator.autocast():
+                logits = model(**inputs).logits  # [batch, seq, vocab]
+            sums, counts = token_losses(logits, batch["labels"])  # [batch], [batch]
+            sums, counts = accelerator.gather_for_metrics((sums, counts))
+            sums_all.append(sums.cpu())
+            counts_all.append(counts.cpu())
+        model.train(was_training)
+        if not sums_all:
+            return float("nan")
+        return (torch.cat(sums_all).sum() / torch.cat(counts_all).sum().clamp(min=1)).item()
+
+    def evaluate(
+        self, model: torch.nn.Module, split: str, accelerator: Any, final: bool = False
+    ) -> dict[str, Any]:
+        from glmtune import metrics as evaluation
+
+        loss = self._loss(model, split, accelerator)
+        metrics: dict[str, Any] = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+        if final or self.generation_metric:
+            rows = self._generate(accelerator.unwrap_model(model), split, accelerator)
+            self.rows[split] = rows
+            metrics.update(
+                evaluation.generation_metrics([r["output"] for r in rows], [r["reference"] for r in rows])
+            )
+        metrics["n"] = self.size(split)
+        return metrics
+
+    def _generate(self, model: torch.nn.Module, split: str, accelerator: Any) -> list[dict[str, Any]]:
+        """A reply to every conversation of ``split`` (shared out over processes, gathered in order)."""
+        from accelerate.utils import gather_object
+
+        conversations = self.splits[split]
+        mine = list(range(accelerator.process_index, len(conversations), accelerator.num_processes))
+        cfg = self.cfg
+        prompts = [_prompt(self.tokenizer, conversations[i], cfg) for i in mine]
+        gen_cfg = generation_config(cfg, self.format.stop_ids())
+        replies = generate_replies(
+            model, self.tokenizer, prompts, gen_cfg, cfg.eval.batch_size, autocast=accelerator.autocast
+        )
+        rows = [(i, _row(conversations[i], reply)) for i, reply in zip(mine, replies)]
+        if accelerator.num_processes > 1:
+            rows = gather_object(rows)
+        return [row for _, row in sorted(rows, key=lambda item: item[0])]
+
+    # 6. the run folder
+    def write_start(self, run: RunDir) -> None:
+        atomic_write_json(run.path / "data_summary.json", self.data.summary())
+
+    def write_outputs(self, run: RunDir, results: dict[str, Any]) -> None:
+        from glmtune import metrics as evaluation
+
+        split = "test" if "test" in self.rows else "validation"
+        if split in self.rows:
+            evaluation.write_predictions(run.predictions, self.rows[split])
+        columns = {k: results[k] for k in ("before", "after", "test") if k in results}
+        if "after" not in columns and "validation" in results:
+            columns["validation"] = results["validation"]
+        print(evaluation.format_metrics_table(columns, TABLE_ROWS))
+
+
+def _encode(tokenizer: Any, conversations: list[Conversation], cfg: Config) -> Any:
+    """``data.templates.encode_conversations`` with the run's settings; template errors name ``data.template``."""
+    from glmtune.data.templates import encode_conversations
+
+    try:
+        return encode_conversations(
+            tokenizer,
+            conversations,
+            cfg.data.template,
+            max_seq_len=cfg.train.max_seq_len,
+            train_on_prompt=cfg.data.train_on_prompt,
+        )
+    except UserError as error:
+        raise as_config_field(error) from None
+
+
+def _prompt(tokenizer: Any, conversation: Conversation, cfg: Config) -> list[int]:
+    return prompt_ids(
+        tokenizer, conversation.messages[:-1], conversation.tools, cfg.data.template, cfg.train.max_seq_len
+    )
+
+
+def _row(conversation: Conversation, reply: Any) -> dict[str, Any]:
+    users = [m.content for m in conversation.messages[:-1] if m.role in ("user", "tool")]
+    return {
+        "prompt": users[-1] if users else "",
+        "reference": reference_text(conversation.messages[-1]),
+        "output": reply.text,
+        "finish_reason": reply.finish_reason,
+    }
+
+
+__all__ = ["SFT"]
