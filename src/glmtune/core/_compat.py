@@ -85,19 +85,21 @@ def quiet_int8_cast_log() -> None:
 def filter_library_warnings() -> None:
     """Warnings a user of glmtune can do nothing about, each filtered by its exact message:
 
-    - transformers 5.23 (through peft 0.21's ``prepare_model_for_*``/gradient-checkpointing checks) warns
-      ``is_gradient_checkpointing is deprecated`` on every training run. Can go with the peft release that reads
-      ``model.gradient_checkpointing`` instead.
-    - peft 0.21's prompt learning (prompt tuning, P-tuning) warns "Position ids are not supported for parameter
-      efficient tuning. Ignoring position ids." whenever a model is called with ``position_ids``; glmtune passes
-      them for every model and peft's prompt-tuning forward drops them correctly for the virtual tokens. Can go
-      when peft stops warning on every forward.
+    - transformers 5.23 deprecates ``PreTrainedModel.is_gradient_checkpointing`` (FutureWarning), and peft 0.21's
+      ``PeftModel.__init__`` reads it on every wrap, so every LoRA/prompt run printed it. Can go with the peft
+      release that reads ``is_activation_checkpointing``.
+    - peft 0.21's prompt tuning warns "Position ids are not supported for parameter efficient tuning" on every
+      generation step: transformers' ``generate`` builds ``position_ids`` itself and peft drops them, correctly,
+      for the virtual tokens (glmtune's own forward passes none to prompt-learning models, see
+      ``models.heads``). Can go when peft stops warning on each call.
     """
     warnings.filterwarnings(
-        "ignore", message=r".*is_gradient_checkpointing is deprecated.*", category=FutureWarning
+        "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
     )
     warnings.filterwarnings(
-        "ignore", message=r"Position ids are not supported for parameter efficient tuning.*"
+        "ignore",
+        message=r"Position ids are not supported for parameter efficient tuning",
+        category=UserWarning,
     )
 
 

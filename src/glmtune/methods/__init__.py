@@ -30,11 +30,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from glmtune.core import _compat
 from glmtune.core.config import MethodConfig
 from glmtune.core.errors import UserError
 from glmtune.core.runs import RunDir, atomic_dir, atomic_path
 from glmtune.methods.speed import fuse_lora, use_fast_dropout
 from glmtune.models.anatomy import transformer_layers
+
+# peft wraps every adapted model through here (training and loading a run back): its two warnings about
+# transformers' and its own internals, which a user can do nothing about, are filtered once (see _compat).
+_compat.filter_library_warnings()
 
 # LM output projections: LoRA on them would touch the 100k+-vocab matrix for nothing (and ChatGLM3's
 # official recipes never target ``output_layer``).

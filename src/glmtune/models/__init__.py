@@ -6,7 +6,6 @@ Names resolve lazily, so ``glmtune models`` (``list_models``) does not import to
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
@@ -42,8 +41,18 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
+    # Explicit imports (not importlib by string): the import contract sees every dependency.
+    module = _EXPORTS.get(name)
+    if module == "builtin":
+        from glmtune.models import builtin as source
+    elif module == "causal":
+        from glmtune.models import causal as source
+    elif module == "heads":
+        from glmtune.models import heads as source
+    elif module == "load":
+        from glmtune.models import load as source
+    else:
         raise AttributeError(f"module 'glmtune.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"glmtune.models.{_EXPORTS[name]}"), name)
+    value = getattr(source, name)
     globals()[name] = value
     return value

