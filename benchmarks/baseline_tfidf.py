@@ -1,7 +1,7 @@
 """The bar to beat: TF-IDF character 1–3-grams + logistic regression on glmtune's own sentiment split.
 
 Uses exactly the train/validation/test split a glmtune config produces (same data section, same seed), so
-its test accuracy sits beside `make demo`'s in the README on identical reviews.
+its test accuracy sits beside `make demo`'s in docs/benchmarks.md on identical reviews.
 
     .venv/bin/python benchmarks/baseline_tfidf.py [examples/sentiment.yaml] [key=value ...] [--all-train]
 

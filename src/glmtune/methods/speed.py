@@ -1,6 +1,6 @@
 """Make a loaded model train faster without changing what it computes.
 
-Measured on the 2-core CPU (``benchmarks/sft_throughput.py``, README "SFT throughput"): a LoRA step spends more
+Measured on the 2-core CPU (``benchmarks/sft_throughput.py``, docs/benchmarks.md "SFT throughput"): a LoRA step spends more
 time in what surrounds the matrix products than in them. Three of those costs are avoidable:
 
 * **Autocast re-casts frozen weights at every forward.** Under bf16 autocast, ``F.linear`` casts an fp32 weight

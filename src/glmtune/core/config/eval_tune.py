@@ -59,7 +59,7 @@ class GenerateConfig:
 
 @dataclass
 class TuneConfig:
-    """Hyper-parameter search (``glmtune tune``; ``glmtune train`` ignores this section). See the README."""
+    """Hyper-parameter search (``glmtune tune``; ``glmtune train`` ignores this section). See docs/recipes.md, "Hyper-parameter search"."""
 
     metric: str | None = None
     """The validation metric a trial is scored by (and selects its checkpoints by); minimised for ``loss`` and

@@ -152,7 +152,7 @@ class Classification:
             )
         if self.prompt is not None:
             lines.append(f"prompt ({len(self.prompt.demonstrations)}-shot): {self.prompt.render('{text}')!r}")
-            # Words of one token are scored in one forward pass; longer ones cost a pass per word (see README).
+            # Words of one token are scored in one forward pass; longer ones cost a pass per word (see docs/recipes.md, "Prompt learning and soft prompts").
             lengths = [len(ids) for label in self.prompt.candidates(self.tokenizer) for ids in label]
             passes = 1 if max(lengths) == 1 else len(lengths)
             lines.append(f"{len(lengths)} label words, tokens {lengths}: {passes} forward pass(es) per text")
