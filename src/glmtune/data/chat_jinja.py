@@ -1,7 +1,7 @@
 """A built-in template (templates.yaml) written as a Jinja ``chat_template``, for exported tokenizers.
 
 An exported model folder must chat without glmtune, so its ``tokenizer_config.json`` carries the template the run
-was trained with. The Jinja below mirrors ``templates._BuiltinFormat.render`` piece for piece (the same strings
+was trained with. The Jinja below mirrors ``templates.text.BuiltinFormat.render`` piece for piece (the same strings
 from templates.yaml, baked in as literals); tests/test_export.py checks both render every test conversation
 (system, multi-turn, tools) to the same text through transformers' own ``apply_chat_template``.
 """

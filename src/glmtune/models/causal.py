@@ -69,8 +69,9 @@ def learned_mask(labels: torch.Tensor) -> torch.Tensor:
 def accepts_learned_mask(model: nn.Module) -> bool:
     """Whether ``model`` (a ``CausalLM``, possibly DDP-wrapped) honours a boolean ``logits_to_keep`` mask.
 
-    transformers' own causal LMs and ChatGLM3's do; peft's prompt-learning wrappers prepend virtual tokens
-    (positions shift) and remote code may not know the boolean form, so those get full logits."""
+    transformers' own causal LMs do, and so does a class that declares ``boolean_logits_to_keep = True`` (glmtune's
+    native models); peft's prompt-learning wrappers prepend virtual tokens (positions shift) and remote code may
+    not know the boolean form, so those get full logits."""
     causal = getattr(model, "module", model)  # DDP
     backbone = getattr(causal, "backbone", None)
     if backbone is None:
@@ -79,8 +80,8 @@ def accepts_learned_mask(model: nn.Module) -> bool:
     if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
         return False
     base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
-    module = type(base).__module__
-    known = module.startswith("transformers.models.") or module.startswith("glmtune.models.chatglm3")
+    own = type(base).__module__.startswith("transformers.models.")
+    known = own or getattr(type(base), "boolean_logits_to_keep", False) is True
     return known and "logits_to_keep" in inspect.signature(type(base).forward).parameters
 
 

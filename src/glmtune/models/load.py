@@ -1,8 +1,9 @@
 """Load a tokenizer, a causal LM or a bare transformer body from a built-in name or a local HF folder.
 
 Always offline (``HF_HUB_OFFLINE``, ``local_files_only``): a name that is not a folder never reaches a hub.
-``trust_remote_code`` is whatever the user set (False by default). ChatGLM3 folders (``model_type: chatglm``)
-load through ``glmtune.models.chatglm3``, registered with the Auto classes, so they need no remote code.
+``trust_remote_code`` is whatever the user set (False by default). Architectures transformers lacks but glmtune
+implements natively are the subpackages of ``glmtune.models``; importing one registers its classes with the Auto
+classes, so their folders need no remote code (``check_model_type`` imports them when a folder needs them).
 Every mistake a user can make with ``model.name_or_path`` is a one-line UserError, checked before
 transformers sees the folder. ``.bin`` weights are read by transformers with ``torch.load(weights_only=True)``.
 """
@@ -108,16 +109,30 @@ def check_weights(path: Path) -> None:
     )
 
 
+def register_native_models() -> None:
+    """Import glmtune's native model packages (the subpackages of ``glmtune.models``): each registers its classes
+    with transformers' Auto classes on import. One that cannot be imported (a missing optional dependency) is
+    skipped: its folders then need remote code, as without glmtune."""
+    import importlib
+    import pkgutil
+
+    import glmtune.models
+
+    for package in pkgutil.iter_modules(glmtune.models.__path__, "glmtune.models."):
+        if package.ispkg:
+            try:
+                importlib.import_module(package.name)
+            except ImportError:
+                pass
+
+
 def check_model_type(path: Path, config: dict[str, Any], trust_remote_code: bool) -> str:
-    """Make sure transformers (or glmtune's ChatGLM3) knows the architecture, or remote code is allowed."""
-    model_type = config.get("model_type")
-    if model_type == "chatglm":
-        try:  # registers ChatGLM3 with the Auto classes (native, no remote code)
-            import glmtune.models.chatglm3  # noqa: F401
-        except ImportError:
-            pass
+    """Make sure transformers (or a glmtune native model) knows the architecture, or remote code is allowed."""
     from transformers import CONFIG_MAPPING
 
+    model_type = config.get("model_type")
+    if model_type and model_type not in CONFIG_MAPPING:
+        register_native_models()
     if not model_type:
         if trust_remote_code and "auto_map" in config:
             return ""
@@ -231,8 +246,8 @@ def attention(cfg: ModelConfig, model_config: Any = None) -> str | None:
     10–13% faster with it at 48–256 tokens (``benchmarks/sft_throughput.py``), the CPU flash-attention backward
     being slow at these lengths. It keeps the attention probabilities for the backward ([batch, heads, seq, seq]):
     for sequences of thousands of tokens on a CPU, ``model.attn_implementation: sdpa`` uses less memory. Models
-    whose config class is not transformers' (glmtune's ChatGLM3, whose eager path is its fp32 reference for parity
-    checks; remote code) keep their default."""
+    whose config class is not transformers' (glmtune's native models, whose eager path is their fp32 reference for
+    parity checks; remote code) keep their default."""
     import torch
 
     if cfg.attn_implementation != "auto":

@@ -1,14 +1,16 @@
 """``glmtune export RUN_DIR --out DIR``: a run folder → a standalone model folder for deployment.
 
 - ``--merge``: the base model with the run's training folded in (LoRA merged by peft's ``merge_and_unload``;
-  full/freeze body tensors as loaded; a ChatGLM3 P-tuning prefix encoder kept inside the model, its
-  ``pre_seq_len`` in config.json) as safetensors + config + tokenizer. SFT runs also get the chat template
+  full/freeze body tensors as loaded; a P-tuning v2 prefix encoder kept inside the model, its ``pre_seq_len``
+  in config.json) as safetensors + config + tokenizer. SFT runs also get the chat template
   (``tokenizer_config.json``'s ``chat_template``) and ``generation_config.json`` with the template's stop ids:
-  ``transformers.AutoModelForCausalLM.from_pretrained(DIR)`` loads it with no glmtune import (ChatGLM3: glmtune's
-  native class, so ``import glmtune.models.chatglm3`` first). Classification runs: the merged transformer body
-  (``AutoModel``) + ``head.safetensors`` + ``labels.json`` (pooling in export.json).
+  ``transformers.AutoModelForCausalLM.from_pretrained(DIR)`` loads it with no glmtune import (a model whose class
+  is glmtune's own declares the module to import first, ``native_import`` on its config class; export.json and
+  the README say so). Classification runs: the merged transformer body (``AutoModel``) + ``head.safetensors`` +
+  ``labels.json`` (pooling in export.json).
 - ``--quantize int8``: the merged model with every Linear in CPU int8 (``models.int8``), plus
-  ``quantization.json``: speed and quality (accuracy, or loss/ROUGE) of fp32 vs int8 on the run's test split.
+  ``quantization.json``: speed and quality (accuracy, or loss/ROUGE) of fp32 vs int8 on the run's test split
+  (``measure``).
 - ``--gguf``: refused (see ``GGUF_UNSUPPORTED``).
 
 Every export folder has ``export.json`` (what it is, the run's config) and a README.md; ``load_export`` loads any
@@ -22,19 +24,20 @@ import dataclasses
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from glmtune.core.errors import UserError
+from glmtune.infer.export.measure import MEASURE_LIMIT as MEASURE_LIMIT  # re-exported
+from glmtune.infer.export.measure import holder_of, measure_int8
+from glmtune.infer.export.readme import Native, loads_with_native, readme
 
 EXPORT_FILE = "export.json"  # not glmtune.json: an export is not a run folder
 EXPORT_FORMAT = 1
 QUANTIZE_MODES = ("int8",)
 BITSANDBYTES_MODES = ("int4", "nf4", "fp4", "4bit", "8bit", "bnb4", "bnb8")
-MEASURE_LIMIT = {"classification": 256, "sft": 32}  # examples timed and scored per precision
 GGUF_UNSUPPORTED = (
     "--gguf is not supported: no maintained offline HF→GGUF converter can be installed from PyPI (llama.cpp's "
     "convert_hf_to_gguf.py ships only in its source tree; the gguf package reads/writes the format but has no "
@@ -124,14 +127,9 @@ def _check_exportable(run: Any) -> None:
         )
 
 
-def _holder(loaded: Any) -> Any:
-    """The module with ``.backbone`` (``CausalLM`` or ``SequenceClassifier``)."""
-    return loaded.model if hasattr(loaded, "model") else loaded.classifier
-
-
 def merge(loaded: Any) -> Any:
     """Fold a LoRA adapter into the base weights (in place on the holder); return the plain transformers model."""
-    holder = _holder(loaded)
+    holder = holder_of(loaded)
     if loaded.cfg.method.name == "lora":
         holder.backbone = holder.backbone.merge_and_unload()  # peft: W + scale · B·A, adapters removed
     holder.backbone.requires_grad_(False)
@@ -142,8 +140,8 @@ def merge(loaded: Any) -> Any:
 
 
 def _chat_template(loaded: Any) -> str | None:
-    """The Jinja chat template that renders like the run's ``data.template`` (None: the tokenizer's own, or
-    ChatGLM3's format, which lives in glmtune's tokenizer class)."""
+    """The Jinja chat template that renders like the run's ``data.template`` (None: the tokenizer's own, or a
+    format the tokenizer class provides itself)."""
     from glmtune.data.chat_jinja import to_jinja
     from glmtune.data.templates import builtin_templates
 
@@ -188,19 +186,25 @@ def _write_model(folder: Path, loaded: Any, model: Any, int8: bool) -> None:
     loaded.tokenizer.save_pretrained(folder)
 
 
-def _is_chatglm3(model: Any) -> bool:
-    return getattr(model.config, "model_type", None) == "chatglm"
+def native_class(model: Any, tokenizer: Any) -> Native | None:
+    """How a folder of ``model`` loads when its class is glmtune's own rather than transformers': declared by its
+    config class (``native_import``, the module that registers it with the Auto classes; ``native_family``, its
+    name), with whether the tokenizer class provides the chat format itself (``chat_format()``). None otherwise."""
+    config_class = type(model.config)
+    module = getattr(config_class, "native_import", None)
+    if not module:
+        return None
+    family = getattr(config_class, "native_family", None) or config_class.__name__
+    return Native(family, module, callable(getattr(tokenizer, "chat_format", None)))
 
 
-def _notes(cfg: Any, model: Any, run_dir: Path, int8: bool) -> dict[str, Any]:
+def _notes(cfg: Any, native: Native | None, run_dir: Path, int8: bool) -> dict[str, Any]:
     from glmtune import __version__
 
     if int8:
         loads_with = "glmtune only: glmtune.infer.export.load_export(DIR), glmtune predict/chat DIR"
-    elif _is_chatglm3(model):
-        loads_with = (
-            "glmtune's native ChatGLM3: import glmtune.models.chatglm3, then transformers Auto classes"
-        )
+    elif native is not None:
+        loads_with = loads_with_native(native)
     elif cfg.task == "sft":
         loads_with = "transformers.AutoModelForCausalLM.from_pretrained(DIR) (no glmtune needed)"
     else:
@@ -231,7 +235,6 @@ def export(
 ) -> Path:
     """Write the export folder ``out`` for the run ``run_dir`` (see the module docstring); returns ``out``."""
     from glmtune.core.runs import atomic_write_json, atomic_write_text
-    from glmtune.infer.export.readme import readme
 
     run_dir, out = Path(run_dir), Path(out)
     check_request(out, merge=merge_weights, quantize=quantize, gguf=gguf)
@@ -242,119 +245,13 @@ def export(
     report = measure_int8(loaded, data) if int8 else None  # quantizes the model in place
     with new_folder(out) as tmp:
         _write_model(tmp, loaded, model, int8)
-        notes = _notes(run_cfg, model, run_dir, int8)
+        native = native_class(model, loaded.tokenizer)
+        notes = _notes(run_cfg, native, run_dir, int8)
         atomic_write_json(tmp / EXPORT_FILE, notes)
         if report is not None:
             atomic_write_json(tmp / "quantization.json", report)
-        atomic_write_text(tmp / "README.md", readme(notes, report))
+        atomic_write_text(tmp / "README.md", readme(notes, report, native))
     return out
-
-
-# =========================================================================== int8: quantize and measure
-
-
-def _weights_mb(model: Any) -> float:
-    from glmtune.models import int8 as int8_mod
-
-    state, _ = int8_mod.int8_state(model)
-    seen: set[int] = set()
-    total = 0
-    for tensor in state.values():  # tied tensors once
-        if tensor.data_ptr() not in seen:
-            seen.add(tensor.data_ptr())
-            total += tensor.numel() * tensor.element_size()
-    return round(total / 2**20, 3)
-
-
-def _measure_data(loaded: Any, data: str | None) -> list[Any]:
-    """Labelled examples (classification) or conversations (sft): ``data`` or the run's test split."""
-    cfg = loaded.cfg
-    if cfg.task == "sft":
-        from glmtune.data.conversation import load_conversations
-        from glmtune.data.sft import load_sft
-
-        items = load_conversations(data, cfg.data.format) if data else load_sft(cfg.data).test
-    else:
-        from glmtune import data as data_mod
-
-        if data:
-            items = data_mod.load_labelled_file(
-                data, cfg.data.text_column, cfg.data.label_column, loaded.labels
-            )
-        else:
-            items = data_mod.load_classification(cfg.data).test
-    if not items:
-        raise UserError(
-            "no examples to measure int8 quality on", file=data, expected="a non-empty test split"
-        )
-    return items[: MEASURE_LIMIT[cfg.task]]
-
-
-def _score(loaded: Any, items: list[Any]) -> dict[str, Any]:
-    """Quality and wall times of one precision on ``items`` (one thread count, whatever torch uses).
-
-    ``forward_seconds`` runs the same tokens on both sides (the speed-up); sft's ``seconds`` adds greedy
-    generation, whose length depends on what each precision generates."""
-    import torch
-
-    start = time.perf_counter()
-    if loaded.cfg.task == "sft":
-        from glmtune.infer import lm
-
-        lm.conversation_loss(loaded, items)
-        forward = time.perf_counter() - start
-        metrics, _ = lm.evaluate_conversations(loaded, items, progress=False)
-        metrics["forward_seconds"] = round(forward, 4)
-        metrics["seconds"] = round(time.perf_counter() - start - forward, 4)
-    else:
-        from glmtune.infer import classifier
-
-        probs = classifier.predict_texts(loaded, [e.text for e in items])
-        gold = torch.tensor([e.label for e in items])
-        metrics = {"accuracy": float((probs.argmax(-1) == gold).float().mean()), "n": len(items)}
-        metrics["predictions"] = probs.argmax(-1).tolist()
-        metrics["forward_seconds"] = round(time.perf_counter() - start, 4)
-    return metrics
-
-
-def measure_int8(loaded: Any, data: str | None) -> dict[str, Any]:
-    """Score the merged fp32 model, quantize it to int8 in place, score again: the report for quantization.json."""
-    import torch
-
-    from glmtune.models import int8 as int8_mod
-
-    items = _measure_data(loaded, data)  # data mistakes before any timing
-    holder = _holder(loaded)
-    holder.float().cpu().eval()
-    # Both sides without autocast: int8 Linears take fp32 activations, so fp32 is the fair baseline.
-    loaded.cfg = dataclasses.replace(
-        loaded.cfg, train=dataclasses.replace(loaded.cfg.train, mixed_precision="no")
-    )
-    fp32_mb = _weights_mb(holder.backbone)
-    _score(loaded, items[:2])  # warm-up (first-call allocations, kernel selection)
-    fp32 = _score(loaded, items)
-    int8_mod.quantize(holder.backbone)
-    _score(loaded, items[:2])
-    int8 = _score(loaded, items)
-    report: dict[str, Any] = {
-        "method": "torch.ao dynamic quantization: int8 weights per output channel, activations int8 per tensor per call",
-        "quantized": "every nn.Linear of the model (the LM output layer included); embeddings, norms, head fp32",
-        "threads": torch.get_num_threads(),
-        "examples": len(items),
-        "fp32": {k: v for k, v in fp32.items() if k != "predictions"},
-        "int8": {k: v for k, v in int8.items() if k != "predictions"},
-        "speedup": round(fp32["forward_seconds"] / max(int8["forward_seconds"], 1e-9), 3),
-        "weights_mb": {"fp32": fp32_mb, "int8": _weights_mb(holder.backbone)},
-    }
-    if "predictions" in fp32:
-        same = sum(a == b for a, b in zip(fp32["predictions"], int8["predictions"]))
-        report["agreement"] = round(same / len(items), 4)
-        report["delta"] = {"accuracy": round(int8["accuracy"] - fp32["accuracy"], 4)}
-    else:
-        keys = [k for k in fp32 if k != "n" and "seconds" not in k and isinstance(fp32[k], (int, float))]
-        report["speedup_with_generation"] = round(fp32["seconds"] / max(int8["seconds"], 1e-9), 3)
-        report["delta"] = {k: round(int8[k] - fp32[k], 4) for k in keys}
-    return report
 
 
 # =========================================================================== loading an export back
@@ -396,7 +293,7 @@ def load_export(folder: str | Path) -> Any:
     tokenizer = load_tokenizer(model_cfg)
     auto_class = AutoModelForCausalLM if cfg.task == "sft" else AutoModel
     if int8:
-        config = load_config(model_cfg)  # also registers ChatGLM3 with the Auto classes
+        config = load_config(model_cfg)  # also registers glmtune's native model classes with the Auto classes
         model = int8_mod.load(folder, auto_class, config)
     elif cfg.task == "sft":
         model = load_causal_lm(model_cfg)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 _CAUSAL = """```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -18,10 +18,10 @@ print(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=T
 ```
 Or `glmtune chat DIR` / `glmtune predict DIR --text "..."`."""
 
-_CHATGLM3 = """ChatGLM3 has no class in transformers; this folder loads with glmtune's native implementation (no remote
-code), and ChatGLM3's chat format lives in glmtune's tokenizer class (no Jinja chat template):
+_NATIVE = """{family} has no class in transformers; this folder loads with glmtune's native implementation (no remote
+code){chat_format}:
 ```python
-import glmtune.models.chatglm3  # registers ChatGLM3 with the Auto classes
+import {module}  # registers {family} with the Auto classes
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 model = AutoModelForCausalLM.from_pretrained("DIR")
@@ -55,18 +55,41 @@ Or `glmtune chat DIR` / `glmtune predict DIR --text "..."`. `quantization.json` 
 quality against the merged fp32 model."""
 
 
-def readme(notes: dict[str, Any], report: dict[str, Any] | None) -> str:
-    """README.md of an export folder, from its export.json ``notes`` and the int8 ``report`` (if any)."""
-    chatglm3 = notes["loads_with"].startswith("glmtune's native")
+class Native(NamedTuple):
+    """A model whose class is glmtune's own, not transformers', as its config class declares it (``native_family``,
+    ``native_import``), and whether its tokenizer class holds its chat format (``chat_format()``)."""
+
+    family: str  # the model's name, for people
+    module: str  # imported first: registers the classes with transformers' Auto classes
+    chat_format_in_tokenizer: bool  # no Jinja chat_template: the tokenizer class builds the conversation
+
+
+def loads_with_native(native: Native) -> str:
+    """export.json's ``loads_with`` for a native model."""
+    return f"glmtune's native {native.family}: import {native.module}, then transformers Auto classes"
+
+
+def _native_causal(native: Native) -> str:
+    chat_format = (
+        f", and {native.family}'s chat format lives in glmtune's tokenizer class (no Jinja chat template)"
+        if native.chat_format_in_tokenizer
+        else ""
+    )
+    return _NATIVE.format(family=native.family, module=native.module, chat_format=chat_format)
+
+
+def readme(notes: dict[str, Any], report: dict[str, Any] | None, native: Native | None = None) -> str:
+    """README.md of an export folder, from its export.json ``notes``, the int8 ``report`` (if any) and, for a
+    model whose class is glmtune's own, how it loads (``native``)."""
     if notes["weights"] == "int8":
         how = _INT8
     elif notes["task"] == "sft":
-        how = _CHATGLM3 if chatglm3 else _CAUSAL
+        how = _native_causal(native) if native is not None else _CAUSAL
     else:
         how = _CLASSIFIER.replace("POOLING", json.dumps(notes["pooling"]))
-        if chatglm3:
+        if native is not None:
             how = (
-                "ChatGLM3 body: run `import glmtune.models.chatglm3` first (glmtune's native class).\n\n"
+                f"{native.family} body: run `import {native.module}` first (glmtune's native class).\n\n"
                 + how
             )
     lines = [

@@ -50,14 +50,15 @@ class ServedModel:
         return self.lm.format.parse_reply(text)
 
     def reply_text(self, text: str) -> str:
-        """A reply's text as the client sees it. ChatGLM3 starts every reply with a metadata line (empty for a plain
-        reply): that leading newline is not part of the answer."""
-        return text.removeprefix("\n") if self.supports_tools else text
+        """A reply's text as the client sees it: the format's ``reply_text`` (a format that writes a line before
+        every answer, such as an empty metadata line, leaves it out)."""
+        return self.lm.format.reply_text(text) if self.lm is not None else text
 
     @property
     def supports_tools(self) -> bool:
-        """Whether replies can be read back as tool calls (ChatGLM3's format can; text templates cannot)."""
-        return self.lm is not None and self.lm.format.name == "chatglm3"
+        """Whether replies can be read back as tool calls: the format's ``parses_tool_calls`` (text templates
+        cannot)."""
+        return self.lm is not None and self.lm.format.parses_tool_calls
 
     # ---- batches (on the worker thread)
     def run_generation(self, jobs: list[Any]) -> None:

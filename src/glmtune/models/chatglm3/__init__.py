@@ -2,12 +2,15 @@
 
 Importing this package registers the classes with transformers' Auto classes under `model_type="chatglm"`, so an
 official folder loads with `AutoConfig` / `AutoModelForCausalLM` / `AutoModel` without `trust_remote_code`.
-Nothing here imports the rest of glmtune.
+Nothing here imports the rest of glmtune: what its users need to know is declared, not inferred from the name.
+The tokenizer's `chat_format()` returns the chat/tool format bound to it (`chat_format.ChatGLM3Format`);
+`ChatGLM3Config.native_import` / `native_family` say how a saved folder loads back; the causal LM declares
+`boolean_logits_to_keep`.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from .chat_format import CHATGLM3, encode_conversation, encode_prompt, parse_reply, stop_ids
+from .chat_format import CHATGLM3, ChatGLM3Format, encode_conversation, encode_prompt, parse_reply, stop_ids
 from .configuration import ChatGLM3Config
 from .modeling import ChatGLM3ForCausalLM, ChatGLM3Model, ChatGLM3PreTrainedModel
 from .tokenizer import ChatGLM3Tokenizer
@@ -34,6 +37,7 @@ __all__ = [
     "CHATGLM3",
     "ChatGLM3Config",
     "ChatGLM3ForCausalLM",
+    "ChatGLM3Format",
     "ChatGLM3Model",
     "ChatGLM3PreTrainedModel",
     "ChatGLM3Tokenizer",

@@ -221,9 +221,55 @@ def parse_reply(text: str) -> dict:
     return {"name": metadata, "content": content}
 
 
+class ChatGLM3Format:
+    """The format bound to a tokenizer, as `ChatGLM3Tokenizer.chat_format()` returns it: what a template registry
+    needs of a chat format that a tokenizer provides (glmtune's reads these members; nothing here imports it).
+
+    Messages are OpenAI-style dicts (`role` system/user/assistant/tool, `content`, assistant `tool_calls`). Tools
+    given with a system message are listed in that system turn; without one, the official tool system prompt
+    comes first. A conversation the format cannot express raises ValueError.
+    """
+
+    name = CHATGLM3.name
+    parses_tool_calls = True  # `parse_reply` reads a tool call back as {"name", "parameters"}
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    @staticmethod
+    def _inputs(messages: Iterable[Mapping[str, Any]], tools: Any) -> tuple[list[dict], Any]:
+        messages = [dict(message) for message in messages]
+        if tools and messages and messages[0]["role"] == "system":
+            messages[0]["tools"] = tools  # the system text, then the tools as JSON
+            tools = None  # (else `turns` would add the official tool system prompt as a second system turn)
+        return messages, tools
+
+    def encode_conversation(
+        self, messages: Iterable[Mapping[str, Any]], tools: Any = None
+    ) -> tuple[list[int], list[int]]:
+        """`input_ids` and `labels` of a training example (see `encode_conversation`)."""
+        return encode_conversation(self.tokenizer, *self._inputs(messages, tools))
+
+    def encode_prompt(self, messages: Iterable[Mapping[str, Any]], tools: Any = None) -> list[int]:
+        """A generation prompt ending in `<|assistant|>` (see `encode_prompt`)."""
+        return encode_prompt(self.tokenizer, *self._inputs(messages, tools))
+
+    def stop_ids(self) -> list[int]:
+        return stop_ids(self.tokenizer)
+
+    def parse_reply(self, text: str) -> dict:
+        return parse_reply(text)
+
+    def reply_text(self, text: str) -> str:
+        """A reply's text as a reader sees it: every reply starts with its metadata line, empty for a plain
+        reply, and that leading newline is not part of the answer."""
+        return text.removeprefix("\n")
+
+
 __all__ = [
     "CHATGLM3",
     "IGNORE_INDEX",
+    "ChatGLM3Format",
     "ChatTemplate",
     "encode_conversation",
     "encode_prompt",

@@ -26,6 +26,11 @@ class ChatGLM3Config(PretrainedConfig):
 
     model_type = "chatglm"
     keys_to_ignore_at_inference: ClassVar[list[str]] = ["past_key_values"]
+    # How a saved folder loads back, for tools that write one (glmtune's export reads these; nothing here depends on
+    # it): transformers has no class for this model, and importing `native_import` registers ours with its Auto
+    # classes (no remote code). `native_family` is the name to show people.
+    native_family: ClassVar[str] = "ChatGLM3"
+    native_import: ClassVar[str] = "glmtune.models.chatglm3"
     # Generic names used by transformers, peft and our own heads -> official ChatGLM names.
     attribute_map: ClassVar[dict[str, str]] = {
         "num_hidden_layers": "num_layers",

@@ -263,6 +263,10 @@ def _attention_mask(
 class ChatGLM3ForCausalLM(ChatGLM3PreTrainedModel, GenerationMixin):
     """ChatGLM3 with its LM head, under the official keys (`transformer.*`); works with `generate`."""
 
+    # `forward` takes transformers' boolean form of `logits_to_keep` (a [batch, seq] mask): declared for callers
+    # that compute logits at learned positions only (glmtune's training), which cannot assume it of every class.
+    boolean_logits_to_keep = True
+
     def __init__(self, config: ChatGLM3Config):
         super().__init__(config)
         self.transformer = ChatGLM3Model(config)

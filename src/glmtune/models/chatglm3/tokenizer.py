@@ -223,6 +223,13 @@ class ChatGLM3Tokenizer(PreTrainedTokenizer):
 
     # ----- chat -----
 
+    def chat_format(self):
+        """The ChatGLM3 chat/tool format bound to this tokenizer (`chat_format.ChatGLM3Format`): the hook through
+        which a template registry finds a format that lives in the tokenizer class rather than a Jinja template."""
+        from .chat_format import ChatGLM3Format
+
+        return ChatGLM3Format(self)
+
     def build_single_message(self, role: str, metadata: str, message: str) -> list[int]:
         """`<|role|>` + encode(metadata + "\\n") + encode(message): no separators, each part with its own "▁"."""
         if role not in ROLES:

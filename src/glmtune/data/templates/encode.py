@@ -1,0 +1,142 @@
+"""Conversations → ``input_ids`` and ``labels`` through a template, truncating whole rounds to fit.
+
+Truncation never cuts through a turn: early rounds (a user turn and everything up to the next user turn) are
+dropped whole, oldest first, keeping the system message and tools, until the rest fits ``max_seq_len``. When
+not even the last round fits, the example is dropped (``EncodedConversation.dropped``) and counted, never
+mangled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from glmtune.core.errors import UserError
+from glmtune.data.conversation import Conversation, Message
+from glmtune.data.templates.resolve import resolve_template
+
+
+class EncodedConversation(NamedTuple):
+    """Token ids and labels (``-100`` = not learned) of one conversation.
+
+    ``truncated``: early rounds were dropped to fit. ``dropped``: not even the last round fits
+    ``max_seq_len``; ``input_ids`` and ``labels`` are then empty and the example must be skipped.
+    """
+
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+    dropped: bool = False
+
+
+class EncodedConversations(NamedTuple):
+    """The encodable examples of a dataset, and how many were cut (``num_truncated``) or left out (``num_dropped``)."""
+
+    examples: list[EncodedConversation]
+    num_truncated: int
+    num_dropped: int
+
+
+def _rounds(messages: Sequence[Message]) -> tuple[list[Message], list[list[Message]]]:
+    """(the system message if any, rounds): each round starts at a user turn and runs to the next one."""
+    system = [messages[0]] if messages and messages[0].role == "system" else []
+    rounds: list[list[Message]] = []
+    for message in messages[len(system) :]:
+        if message.role == "user" or not rounds:
+            rounds.append([])
+        rounds[-1].append(message)
+    return system, rounds
+
+
+def encode_conversation(
+    tokenizer: Any,
+    conv: Conversation,
+    template: str | Any = "auto",
+    *,
+    max_seq_len: int,
+    train_on_prompt: bool = False,
+) -> EncodedConversation:
+    """One conversation → ids and labels (every assistant turn and its end-of-turn token learned).
+
+    ``template``: ``"auto"``, a built-in name (``template_names()``), or a format from ``resolve_template``
+    (resolve once when encoding many). Early rounds are dropped whole to fit ``max_seq_len`` (system kept);
+    if the last round alone does not fit, the result is empty with ``dropped=True``.
+    """
+    if max_seq_len < 1:
+        raise UserError(f"got {max_seq_len}", field="train.max_seq_len", expected="a positive number")
+    fmt = resolve_template(tokenizer, template) if isinstance(template, str) else template
+    system, rounds = _rounds(conv.messages)
+
+    def encode_from(first: int) -> tuple[list[int], list[int]]:
+        kept = system + [message for group in rounds[first:] for message in group]
+        return fmt.encode(tokenizer, kept, conv.tools, train_on_prompt)
+
+    ids, labels = encode_from(0)
+    if len(ids) <= max_seq_len:
+        return EncodedConversation(ids, labels)
+    # Fewer rounds are never longer: binary search for the first round to keep.
+    low, high, best = 1, len(rounds) - 1, None
+    while low <= high:
+        middle = (low + high) // 2
+        ids, labels = encode_from(middle)
+        if len(ids) <= max_seq_len:
+            best, high = (ids, labels), middle - 1
+        else:
+            low = middle + 1
+    if best is None:
+        return EncodedConversation([], [], truncated=True, dropped=True)
+    return EncodedConversation(best[0], best[1], truncated=True)
+
+
+def encode_conversations(
+    tokenizer: Any,
+    conversations: Sequence[Conversation],
+    template: str = "auto",
+    *,
+    max_seq_len: int,
+    train_on_prompt: bool = False,
+) -> EncodedConversations:
+    """Every conversation that fits (in order), with counts of the truncated and the dropped ones."""
+    fmt = resolve_template(tokenizer, template)
+    examples, truncated, dropped = [], 0, 0
+    for conv in conversations:
+        encoded = encode_conversation(
+            tokenizer, conv, fmt, max_seq_len=max_seq_len, train_on_prompt=train_on_prompt
+        )
+        if encoded.dropped:
+            dropped += 1
+            continue
+        truncated += encoded.truncated
+        examples.append(encoded)
+    return EncodedConversations(examples, truncated, dropped)
+
+
+def encode_prompt(
+    tokenizer: Any,
+    messages: Conversation | Sequence[Message],
+    template: str = "auto",
+    tools: list[dict[str, Any]] | None = None,
+) -> list[int]:
+    """A generation prompt: the conversation so far, ending with the assistant's header (the model replies).
+
+    ``tools`` defaults to the conversation's own when ``messages`` is a Conversation.
+    """
+    if isinstance(messages, Conversation):
+        tools = messages.tools if tools is None else tools
+        messages = messages.messages
+    return resolve_template(tokenizer, template).prompt(list(messages), tools)
+
+
+def stop_ids(tokenizer: Any, template: str = "auto") -> list[int]:
+    """The token ids that end a reply: the template's end-of-turn token, then EOS (no duplicates)."""
+    return resolve_template(tokenizer, template).stop_ids()
+
+
+__all__ = [
+    "EncodedConversation",
+    "EncodedConversations",
+    "encode_conversation",
+    "encode_conversations",
+    "encode_prompt",
+    "stop_ids",
+]
