@@ -48,9 +48,12 @@ class CausalLM(nn.Module):
     ) -> None:
         """Recompute activations in backward; inputs require grad so a frozen embedding still passes gradients
         on to adapters and prefixes."""
-        self.backbone.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs=gradient_checkpointing_kwargs
-        )
+        # transformers 5 renamed it (the old name warns); peft models and native ports may have only the old one.
+        enable = getattr(self.backbone, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(gradient_checkpointing_kwargs)
+        else:
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
         enable_input_grads = getattr(self.backbone, "enable_input_require_grads", None)
         if enable_input_grads is not None:
             enable_input_grads()
