@@ -2,7 +2,7 @@
 
 An exported model folder must chat without glmtune, so its ``tokenizer_config.json`` carries the template the run
 was trained with. The Jinja below mirrors ``templates.text.BuiltinFormat.render`` piece for piece (the same strings
-from templates.yaml, baked in as literals); tests/test_export.py checks both render every test conversation
+from templates.yaml, baked in as literals); tests/unit/infer/test_export.py checks both render every test conversation
 (system, multi-turn, tools) to the same text through transformers' own ``apply_chat_template``.
 """
 

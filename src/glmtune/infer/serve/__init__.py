@@ -1,7 +1,8 @@
 """``glmtune serve RUN_DIR|MODEL ...``: an OpenAI-compatible HTTP server (FastAPI + uvicorn) over trained runs.
 
-protocol.py (the wire format) · app.py (the endpoints; knows HTTP) · engine.py (queue + batching worker) ·
-rows.py (one batched ``generate`` over requests with their own settings) · models.py (what is served, by name).
+protocol.py (the wire format) · guard.py (auth, limits, error objects) · app.py (the routes) · handlers.py (each
+endpoint's work) · limits.py · replies.py (response builders) · scheduler.py (queue + batching worker) · batch.py
+(one batched ``generate`` over requests with their own settings) · registry.py (what is served, by name).
 """
 
 from __future__ import annotations
