@@ -53,7 +53,9 @@ class CausalLM(nn.Module):
         if enable is not None:
             enable(gradient_checkpointing_kwargs)
         else:
-            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+            self.backbone.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=gradient_checkpointing_kwargs
+            )
         enable_input_grads = getattr(self.backbone, "enable_input_require_grads", None)
         if enable_input_grads is not None:
             enable_input_grads()
