@@ -41,6 +41,7 @@ class TrainerState:
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
     before: dict[str, Any] | None = None  # the untuned model's validation metrics (tasks that compare)
+    budget: dict[str, Any] | None = None  # train.time_budget: {"seconds", "elapsed", "costs"} (budget.py)
 
 
 @dataclass
@@ -60,6 +61,8 @@ class Session:
     state: TrainerState
     on_evaluate: Callable[[int, dict[str, Any]], bool] | None = None
     stop_reason: str = ""
+    deadline: Any = None  # train.time_budget: a budget.Deadline the loop asks after each step
+    notes: list[str] = field(default_factory=list)  # lines for the log, e.g. the budget's plan
 
     @property
     def main(self) -> bool:
@@ -159,6 +162,8 @@ def evaluate_validation(s: Session) -> None:
 def save_checkpoint(s: Session) -> None:
     """A resumable state (accelerate's, plus trainer_state.json); older ones pruned to save_total_limit."""
     target = s.run.checkpoints / f"{CHECKPOINT_PREFIX}{s.state.step:07d}"
+    if s.deadline is not None:  # a resumed run gets what is left of the budget
+        s.state.budget["elapsed"] = s.state.budget["seconds"] - s.deadline.seconds_left()
     s.accelerator.save_state(str(target))
     if s.main:
         atomic_write_json(target / "trainer_state.json", s.state.__dict__)
@@ -199,6 +204,8 @@ def fit(s: Session) -> None:
             running_loss, running_tokens = 0.0, 0
             if state.step % eval_every == 0 or state.step == s.steps or epoch_done:
                 evaluate_validation(s)
+            if not state.stopped_early and state.step < s.steps and _out_of_time(s, eval_every):
+                state.stopped_early, s.stop_reason = True, "the time budget is spent (slower than calibrated)"
             if state.step % save_every == 0 or state.step == s.steps or state.stopped_early:
                 save_checkpoint(s)
             if state.step >= s.steps or state.stopped_early:
@@ -206,6 +213,14 @@ def fit(s: Session) -> None:
     if state.stopped_early:
         reason = s.stop_reason or f"no {train_cfg.metric} gain for {train_cfg.patience} evals"  # (resumed)
         s.tracker.write(f"early stop at step {state.step}: {reason}")
+
+
+def _out_of_time(s: Session, eval_every: int) -> bool:
+    """train.time_budget: the next step, its evaluation if it has one, and the final evaluation no longer fit."""
+    if s.deadline is None:
+        return False
+    following = s.state.step + 1
+    return not s.deadline.next_step_fits(evaluates=following % eval_every == 0 or following == s.steps)
 
 
 def _step(s: Session, batch: dict[str, Any]) -> tuple[float, int]:

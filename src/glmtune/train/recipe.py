@@ -22,6 +22,7 @@ from glmtune.core.runs import RunDir, atomic_write_json, atomic_write_text, read
 from glmtune.methods.speed import for_autocast
 from glmtune.models.precision import AUTOCAST_DTYPES, mixed_precision
 from glmtune.train import tasks
+from glmtune.train.budget import plan_budget, resume_budget
 from glmtune.train.loop import Session, TrainerState, build_optimizer, fit, latest_checkpoint, total_steps
 from glmtune.train.techniques import adversarial, regularize
 from glmtune.train.track import Tracker
@@ -60,7 +61,8 @@ def run(
 def prepare(
     cfg: Config, task: Any, run_dir: RunDir, *, overwrite: bool, resume: bool, checkpoint: Path | None
 ) -> Session:
-    """Seed, model, method, batches, optimizer and schedule; then the run folder and the resumed state."""
+    """Seed, model, method, batches, optimizer; the time budget's plan; schedule; then the run folder and the
+    resumed state."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -68,34 +70,40 @@ def prepare(
         mixed_precision=mixed_precision(cfg.train), gradient_accumulation_steps=cfg.train.grad_accum
     )
     set_seed(cfg.train.seed)
-    model, optimizer, scheduler, params = _build(cfg, task, accelerator)
+    model, optimizer, params = _build(cfg, task, accelerator)
+    adversary = adversarial.create(model, cfg.train.adversarial, accelerator)  # None unless fgm/pgd
+    s = Session(cfg, run_dir, task, accelerator, model, optimizer, None, adversary, None, 0, TrainerState())
+    header = ""
+    if cfg.train.time_budget is not None and not resume:  # fixes train.max_steps; config.yaml records it
+        header = plan_budget(s)
+    s.steps = total_steps(s.cfg.train, len(task.loaders["train"]))
+    # Not prepared by accelerate (it would step once per process); the loop steps it once per optimizer step.
+    s.scheduler = regularize.make_scheduler(optimizer, s.cfg.train, s.steps)
+    accelerator.register_for_checkpointing(s.scheduler)
     if accelerator.is_main_process and not resume:  # created only now that config, data and model are good
         run_dir.create(overwrite=overwrite)
         run_dir.write_marker({"task": cfg.task})
-        atomic_write_text(run_dir.config, config_mod.dump(cfg))
+        atomic_write_text(run_dir.config, header + config_mod.dump(s.cfg))
         task.write_start(run_dir)
     accelerator.wait_for_everyone()
-    state = TrainerState()
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint), strict=False)
-        state = TrainerState(**read_json(checkpoint / "trainer_state.json"))
-    steps = total_steps(cfg.train, len(task.loaders["train"]))
-    tracker = Tracker(run_dir, steps, enabled=accelerator.is_main_process, start_step=state.step)
-    for line in task.describe():
-        tracker.write(line)
-    tracker.write(f"{params} · {steps} steps · precision {accelerator.mixed_precision}")
-    adversary = adversarial.create(model, cfg.train.adversarial, accelerator)  # None unless fgm/pgd
-    session = Session(
-        cfg, run_dir, task, accelerator, model, optimizer, scheduler, adversary, tracker, steps, state
+        s.state = TrainerState(**read_json(checkpoint / "trainer_state.json"))
+        resume_budget(s)
+    s.tracker = Tracker(
+        run_dir, s.steps, enabled=accelerator.is_main_process, start_step=s.state.step, deadline=s.deadline
     )
-    if task.compare_before_after and state.before is None and task.size("validation"):
-        state.before = task.evaluate(model, "validation", accelerator, final=True)  # the untuned model
-    return session
+    for line in task.describe() + s.notes:
+        s.tracker.write(line)
+    s.tracker.write(f"{params} · {s.steps} steps · precision {accelerator.mixed_precision}")
+    if task.compare_before_after and s.state.before is None and task.size("validation"):
+        s.state.before = task.evaluate(model, "validation", accelerator, final=True)  # the untuned model
+    return s
 
 
-def _build(cfg: Config, task: Any, accelerator: Any) -> tuple[torch.nn.Module, Any, Any, str]:
-    """Model and method (which parameters train is decided once, here), batches, optimizer and schedule, all
-    prepared by accelerate; checkpoints registered to hold only what trains. Returns the method's summary too."""
+def _build(cfg: Config, task: Any, accelerator: Any) -> tuple[torch.nn.Module, Any, str]:
+    """Model and method (which parameters train is decided once, here), batches and optimizer, all prepared by
+    accelerate; checkpoints registered to hold only what trains. Returns the method's summary too."""
     model, tokenizer = task.build_model()
     params = methods.apply(model, cfg.method)
     if cfg.train.gradient_checkpointing:
@@ -108,16 +116,12 @@ def _build(cfg: Config, task: Any, accelerator: Any) -> tuple[torch.nn.Module, A
         model, optimizer, loaders["train"], loaders["validation"], loaders["test"]
     )
     task.loaders = dict(zip(("train", "validation", "test"), prepared))
-    steps = total_steps(cfg.train, len(task.loaders["train"]))
-    # Not prepared by accelerate (it would step once per process); the loop steps it once per optimizer step.
-    scheduler = regularize.make_scheduler(optimizer, cfg.train, steps)
-    accelerator.register_for_checkpointing(scheduler)
     trainable = {name for name, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
     # Checkpoints hold only what trains (the frozen base reloads from the model), plus optimizer/RNG/schedule.
     accelerator.register_save_state_pre_hook(
         lambda _models, weights, _dir: [_keep_only(w, trainable) for w in weights]
     )
-    return model, optimizer, scheduler, params
+    return model, optimizer, params
 
 
 def finish(s: Session) -> None:

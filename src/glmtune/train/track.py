@@ -37,8 +37,10 @@ class Tracker:
         enabled: bool = True,
         start_step: int = 0,
         desc: str = "train",
+        deadline: Any = None,
     ) -> None:
         self.run_dir = run_dir
+        self.deadline = deadline  # train.time_budget: the bar shows the time left (a budget.Deadline)
         self.enabled = enabled
         self.start_step = start_step
         self._bar: Any = None
@@ -69,10 +71,10 @@ class Tracker:
         self._last_time = now
         tokens_per_second = self._token_sum / self._second_sum if self._second_sum > 0 else 0.0
         smoothed_loss = self._loss_sum / self._loss_weight
-        self._bar.set_postfix_str(
-            f"loss={smoothed_loss:.4f} lr={lr:.2e} tok/s={tqdm.format_sizeof(tokens_per_second)}",
-            refresh=False,
-        )
+        postfix = f"loss={smoothed_loss:.4f} lr={lr:.2e} tok/s={tqdm.format_sizeof(tokens_per_second)}"
+        if self.deadline is not None:
+            postfix += f" budget left={tqdm.format_interval(max(0.0, self.deadline.seconds_left()))}"
+        self._bar.set_postfix_str(postfix, refresh=False)
         if step > self._bar.n:
             self._bar.update(step - self._bar.n)
         else:

@@ -6,6 +6,7 @@ Each field's docstring is its entry in ``docs/config.md`` (``python -m glmtune.c
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from glmtune.core.config.choices import (
@@ -129,6 +130,13 @@ class TrainConfig:
     max_steps: int | None = None
     """Optimizer steps; overrides ``epochs`` when set; 0 evaluates without training (zero-/few-shot prompts)."""
 
+    time_budget: str | None = None
+    """Wall time for the run after the model is loaded (training, its validation evaluations and the final
+    evaluation), e.g. ``90s``, ``12m``, ``1h30m``. A short calibration (a few timed forward/backward passes whose
+    gradients are discarded, one timed validation evaluation and checkpoint) fixes the number of optimizer steps
+    once, the smaller of what fits and ``epochs``/``max_steps``; the schedule is built for that number. The run's
+    config.yaml records it as ``max_steps`` (and no budget), so re-running that file repeats the run exactly."""
+
     batch_size: int = 16
     """Examples per micro-batch (per process)."""
 
@@ -225,6 +233,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _positive(self.epochs, "train.epochs")
         _positive(self.max_steps, "train.max_steps", allow_zero=True)  # 0: evaluate without training
+        if self.time_budget is not None:
+            self.time_budget = str(self.time_budget)
+            parse_duration(self.time_budget, "train.time_budget")  # checked now: a typo fails before loading
         _positive(self.batch_size, "train.batch_size")
         _positive(self.grad_accum, "train.grad_accum")
         _positive(self.lr, "train.lr")
@@ -258,3 +269,27 @@ class TrainConfig:
     @property
     def greater_is_better(self) -> bool:
         return self.metric not in LOWER_IS_BETTER
+
+    @property
+    def time_budget_seconds(self) -> float | None:
+        return None if self.time_budget is None else parse_duration(self.time_budget, "train.time_budget")
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?)\s*(h|m|s)")
+
+
+def parse_duration(text: str, field_name: str) -> float:
+    """``90s``, ``12m``, ``1h30m``, ``2.5m`` or a bare number of seconds → seconds (> 0)."""
+    value = text.strip().lower()
+    try:
+        seconds = float(value)
+    except ValueError:
+        parts = _DURATION.findall(value)
+        if not parts or _DURATION.sub("", value).strip():
+            raise UserError(
+                f"got {text!r}", field=field_name, expected="a duration such as 90s, 12m or 1h30m"
+            ) from None
+        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in parts)
+    if not seconds > 0:
+        raise UserError(f"got {text!r}", field=field_name, expected="a duration above zero")
+    return seconds
