@@ -6,10 +6,11 @@ its test accuracy sits beside `make demo`'s in docs/benchmarks.md on identical r
     .venv/bin/python benchmarks/baseline_tfidf.py [examples/sentiment.yaml] [key=value ...] [--all-train]
 
 By default it trains on the same (possibly subsampled) training split as the config; ``--all-train`` lifts
-``data.max_train_samples`` to use every training review. ``--compare RUN_DIR`` pairs the baseline's test
+``data.max_train_samples`` to use every training review; ``--seen-by RUN_DIR`` trains on exactly the reviews
+that run trained on (a time-budgeted run may stop inside its first epoch). ``--compare RUN_DIR`` pairs the baseline's test
 predictions with a glmtune run's (its predictions.jsonl, same split) and adds McNemar's exact test: of the reviews
 exactly one of the two gets right, how many each gets, and the two-sided binomial p-value. Results go to
-benchmarks/results/baseline_tfidf.json.
+benchmarks/results/baseline_tfidf.json (``--out`` to change), with the machine (``harness.write_results``).
 """
 
 from __future__ import annotations
@@ -92,10 +93,25 @@ def mcnemar(
     }
 
 
-def run(cfg_path: str, all_train: bool, overrides: list[str], compare: Path | None = None) -> dict:
+def run(
+    cfg_path: str,
+    all_train: bool,
+    overrides: list[str],
+    compare: Path | None = None,
+    seen_by: Path | None = None,
+) -> dict:
+    """``seen_by``: train on exactly the training reviews that run trained on (a time-budgeted run stops
+    inside its first epoch), replayed by ``seen_reviews.py``."""
     cfg = config.load(cfg_path, overrides)
     data_cfg = replace(cfg.data, max_train_samples=None) if all_train else cfg.data
     data = load_classification(data_cfg)
+    if seen_by is not None:
+        from seen_reviews import seen_indices  # benchmarks/ is on sys.path: this script's own folder
+
+        indices, train = seen_indices(seen_by)
+        if [e.text for e in train] != [e.text for e in data.train]:
+            raise SystemExit(f"{seen_by} was not trained on this config's training split")
+        data.train = [data.train[i] for i in sorted(set(indices))]
     start = time.perf_counter()
     vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2)
     features = vectorizer.fit_transform([e.text for e in data.train])
@@ -128,13 +144,18 @@ def main() -> None:
     parser.add_argument(
         "--compare", type=Path, help="a glmtune run folder of this config: paired McNemar test"
     )
+    parser.add_argument(
+        "--seen-by", type=Path, help="a glmtune run folder: train on exactly the reviews it trained on"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "baseline_tfidf.json")
     args = parser.parse_args()
-    results = {"same_train": run(args.config, False, args.overrides, args.compare)}
+    results = {"same_train": run(args.config, False, args.overrides, args.compare, args.seen_by)}
     if args.all_train:
         results["all_train"] = run(args.config, True, args.overrides, args.compare)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "baseline_tfidf.json"
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    from harness import write_results  # benchmarks/ is on sys.path: this script's own folder
+
+    out = args.out
+    write_results(out, results, precision="float64 (scikit-learn on the CPU; no torch)")
     for name, r in results.items():
         t = r["test"]
         print(

@@ -12,7 +12,8 @@ tokens; the weights in bf16 and the trainable parameters cast to fp32 (its ``_pr
 AdamW, gradient checkpointing on (it calls ``gradient_checkpointing_enable()``), causal-LM loss on the output.
 Its README reports one GPU at 14,082 MiB (LoRA) and 18,426 MiB (P-tuning v2), read from nvidia-smi on its
 AdvertiseGen data padded to the longest row of each batch. Every figure written is labelled ``measured``,
-``estimated`` or ``reported``. Results: benchmarks/results/chatglm3_memory.json (not with --tiny-cpu-check).
+``estimated`` or ``reported``. Results: benchmarks/results/chatglm3_memory.json (not with --tiny-cpu-check), with
+the machine it ran on (``harness.write_results``).
 """
 
 from __future__ import annotations
@@ -377,8 +378,10 @@ def main() -> None:
         tiny_cpu_check(args.steps)
         return
     results = run(Settings(), args.steps)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    from harness import write_results  # benchmarks/ is on sys.path: this script's own folder
+
+    precision = "bf16 weights, fp32 trainable parameters and AdamW (the official demo's)"
+    write_results(RESULTS, results, precision=precision)
     print(table(results))
     print(components(results))
     print(f"-> {RESULTS.relative_to(ROOT)}")

@@ -1,4 +1,8 @@
-"""What the glmtune-vs-Trainer benchmarks share: child processes, and the same clock on both sides.
+"""What the benchmarks share: the machine they ran on, child processes, and the same clock on both sides.
+
+Every benchmark writes its results through ``write_results``, which stores beside them the machine
+(``glmtune env --json``'s facts, its one-second matmul probe included) and the precision the measured code computed
+in, so a figure never travels without the hardware it was measured on.
 
 Both sides are timed from the end of their first optimizer step to the end of their last, counting only the real
 (non-padding) tokens of the batches trained in between: glmtune's from its own log.jsonl, the Trainer's from a
@@ -14,6 +18,43 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+
+def hardware_block(probe: bool = True) -> dict[str, Any]:
+    """This machine as ``glmtune env --json`` describes it, probed with glmtune's own thread count."""
+    from glmtune.cli.env import collect
+    from glmtune.core.hardware import apply_threads
+
+    apply_threads()
+    return collect(probe=probe)
+
+
+def write_results(
+    path: Path, payload: dict[str, Any], *, precision: Any, hardware: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``payload`` plus ``precision`` (what the measured code computed in: a string, or one per side) and
+    ``hardware`` (default: measured now, after the benchmark, so the probe runs on a quiet machine), written
+    atomically as indented JSON. Returns what was written."""
+    from glmtune.core.runs import atomic_write_json
+
+    results = {**payload, "precision": precision, "hardware": hardware or hardware_block()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, results)
+    return results
+
+
+def machine_name(block: dict[str, Any]) -> str:
+    """The processor a hardware block names (a measured block, or one recorded from the docs)."""
+    cpu = block.get("cpu")
+    return cpu.get("model", "?") if isinstance(cpu, dict) else str(cpu)
+
+
+def auto_precision() -> str:
+    """What ``train.mixed_precision: auto`` picks on this machine (``bf16``, ``fp16`` or ``no`` = fp32)."""
+    from glmtune.core.config import TrainConfig
+    from glmtune.models.precision import mixed_precision
+
+    return mixed_precision(TrainConfig())
 
 
 def glmtune_rate(run_dir: Path) -> dict[str, Any]:

@@ -103,10 +103,16 @@ def main() -> None:
         "command": f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/qlora_memory.py --model {args.model}",
         "rows": rows,
     }
+    from harness import hardware_block  # benchmarks/ is on sys.path: this script's own folder
+
+    from glmtune.core.runs import atomic_write_json
+
+    # One entry per model measured, each with its own machine and precision (entries may come from different runs).
+    result["precision"] = "per row: the weights' format (mode); the forward pass in that dtype"
+    result["hardware"] = hardware_block()
     results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
-    results[args.model] = result  # one entry per model measured
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    results[args.model] = result
+    atomic_write_json(args.out, results)
     print(args.out)
 
 

@@ -15,7 +15,8 @@ p50/p95 latency and time to first token, failures, and the batched/baseline toke
 Measure on a quiet machine: other processes competing for the cores make both phases slow and noisy (torch's
 threads spin while they wait for a core).
 
-Writes benchmarks/results/serve_load.json (``--out`` to change). Exit code 1 if any request failed.
+Writes benchmarks/results/serve_load.json (``--out`` to change), with the machine (``harness.write_results``).
+Exit code 1 if any request failed.
 """
 
 from __future__ import annotations
@@ -177,8 +178,10 @@ def main() -> None:
         "command": "benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    from harness import auto_precision, write_results  # benchmarks/ is on sys.path: this script's own folder
+
+    precision = "bf16" if auto_precision() == "bf16" else "fp32"  # the server's: glmtune's auto, like any run
+    write_results(out, report, precision=precision)
     print(
         f"tokens/s batched {batched['tokens_per_s']} vs one at a time {baseline['tokens_per_s']}: {ratio:.2f}x"
     )

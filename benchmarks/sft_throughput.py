@@ -20,20 +20,29 @@ and glmtune's evaluations excluded). ``--steps`` is at most glmtune's full batch
     .venv/bin/python benchmarks/sft_throughput.py [--steps 40] [--batches own|same] [--model …] [--batch-size 8]
 
 Writes benchmarks/results/sft_throughput.json (``own``) or sft_throughput_same.json (``same``), ``--out`` to
-change, and prints the ratio glmtune / Trainer.
+change, with the machine and each side's precision (``harness.write_results``), and prints the ratio glmtune /
+Trainer. The precision is glmtune's ``auto`` choice on this machine for both sides (fp32 where bf16 would be
+emulated), unless ``--precision`` says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import TrainerClock, compare_losses, glmtune_rate, run_child, worker_output  # noqa: E402
+from harness import (  # noqa: E402
+    TrainerClock,
+    auto_precision,
+    compare_losses,
+    glmtune_rate,
+    run_child,
+    worker_output,
+    write_results,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
@@ -96,7 +105,7 @@ def worker_glmtune(args) -> dict:
 
     out = Path(tempfile.mkdtemp()) / "run"
     main(["train", *overrides(args), "--output", str(out)])
-    return glmtune_rate(out)
+    return glmtune_rate(out) | {"precision": "bf16" if args.precision == "bf16" else "fp32"}
 
 
 def worker_trainer(args) -> dict:
@@ -162,7 +171,7 @@ def worker_trainer(args) -> dict:
         callbacks=[clock.callback],
     )
     trainer.train()
-    return clock.rate()
+    return clock.rate() | {"precision": "bf16" if training_args.bf16 else "fp32"}
 
 
 def child(kind: str, args) -> dict:
@@ -190,18 +199,20 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-seq-len", type=int, default=256)
     parser.add_argument(
-        "--precision", choices=["bf16", "no"], default=None, help="default: bf16 where native"
+        "--precision", choices=["bf16", "no"], default=None, help="both sides (default: glmtune's auto here)"
     )
     parser.add_argument("--batches", choices=["own", "same"], default="own", help="see the module docstring")
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/sft_throughput[_same].json")
     parser.add_argument("--worker", choices=["glmtune", "trainer"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.precision is None:
-        from glmtune.core.config import TrainConfig
-        from glmtune.models.precision import mixed_precision
-
-        args.precision = "bf16" if mixed_precision(TrainConfig()) == "bf16" else "no"
+    if (
+        args.precision is None
+    ):  # the Trainer runs as its users would here: glmtune's auto choice, on both sides
+        args.precision = "bf16" if auto_precision() == "bf16" else "no"
     if args.worker:
+        from glmtune.core.hardware import apply_threads
+
+        apply_threads()  # both sides compute with glmtune's thread count (the glmtune CLI would set it anyway)
         worker_output(worker_glmtune(args) if args.worker == "glmtune" else worker_trainer(args))
         return
     available = len(shared_examples(args))
@@ -222,8 +233,8 @@ def main() -> None:
     args.out = args.out or RESULTS / (
         "sft_throughput.json" if args.batches == "own" else "sft_throughput_same.json"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    precision = {kind: results[kind]["precision"] for kind in ("glmtune", "trainer")}
+    write_results(args.out, results, precision=precision)
     for kind in ("trainer", "glmtune"):
         r = results[kind]
         print(

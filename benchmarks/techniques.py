@@ -24,7 +24,9 @@ Order: the baseline's 3 seeds (the noise level; the ensembles), then the other r
 seed 1, then seed 2, ...), then dropout/cosine, then full data; ``--deadline HH:MM`` (UTC) starts no run after it,
 so a cut-short benchmark still has every row once and a table; run the same command again to fill in the rest.
 Each finished run's metrics are cached in benchmarks/results/techniques.json (keyed by run name and its overrides):
-a killed script run again skips finished runs. The table is written to benchmarks/results/techniques.md.
+a killed script run again skips finished runs; with them the machine of the latest sitting and the precision
+(``hardware``, ``precision``; a sitting on another processor keeps the earlier machine under ``hardware_earlier``,
+and says so). The table is written to benchmarks/results/techniques.md.
 ``--quick`` runs every row on tiny splits (a few minutes) into a scratch folder, to check the script end to end.
 """
 
@@ -339,6 +341,7 @@ def main() -> None:
     deadline = next_time(args.deadline, time.time()) if args.deadline else None
     work.mkdir(parents=True, exist_ok=True)
     bench = Bench(work, results, common, deadline)
+    record_machine(bench)
     # The command that makes these runs; --deadline only decides how many of them one sitting gets to.
     argv = " ".join(sys.argv[1:]).replace(f"--deadline {args.deadline}", "").split()
     bench.data["command"] = " ".join(["benchmarks/techniques.py", *argv])
@@ -373,6 +376,22 @@ def main() -> None:
             bench.run(f"full-{name}", overrides)
 
     write_report(bench, core, extras, full_rows, args)
+
+
+def record_machine(bench: Bench) -> None:
+    """The machine and precision these runs compute on (harness.hardware_block), saved with the cached runs."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from harness import hardware_block, machine_name
+
+    now, before = hardware_block(), bench.data.get("hardware")
+    if before and bench.data["runs"] and machine_name(before) != machine_name(now):
+        print(
+            f"cached runs were measured on {machine_name(before)}; this sitting runs on {machine_name(now)}"
+        )
+        bench.data.setdefault("hardware_earlier", []).append(before)
+    bench.data["hardware"] = now
+    bench.data["precision"] = f"glmtune's auto: {now['precision_auto']['reason']}"
+    bench.save()
 
 
 def tfidf(bench: Bench) -> None:

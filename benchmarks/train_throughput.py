@@ -2,25 +2,35 @@
 
 Both sides get the same model, the same reviews (the first N of glmtune's training split), the same batch
 size, sequence cut, LoRA settings (r=8, alpha=16, dropout 0.05, all linear layers), AdamW, learning rate and
-bf16 autocast. Each runs in its own child process so peak RSS is its own. Throughput counts only real
-(non-padding) tokens, timed from the end of the first optimizer step to the end of the last (model loading
-and the warm-up step excluded on both sides).
+precision: the one glmtune's ``auto`` picks on this machine (bf16 autocast where the CPU does bf16 natively, AMX
+or AVX512-BF16; fp32 elsewhere, where bf16 would be emulated and a bf16 Trainer absurdly slow), unless
+``--precision`` says otherwise; the results record each side's. Each runs in its own child process so peak RSS
+is its own. Throughput counts only real (non-padding) tokens, timed from the end of the first optimizer step to
+the end of the last (model loading and the warm-up step excluded on both sides).
 
     .venv/bin/python benchmarks/train_throughput.py [--model gemma3-270m] [--steps 40] [--batch-size 16]
+                                                    [--precision bf16|no]
 
-Writes benchmarks/results/train_throughput.json and prints the ratio glmtune / Trainer.
+Writes benchmarks/results/train_throughput.json (``--out`` to change; with the machine: ``harness.write_results``) and prints the
+ratio glmtune / Trainer.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import TrainerClock, glmtune_rate, run_child, worker_output  # noqa: E402
+from harness import (  # noqa: E402
+    TrainerClock,
+    auto_precision,
+    glmtune_rate,
+    run_child,
+    worker_output,
+    write_results,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
@@ -55,11 +65,11 @@ def worker_glmtune(args) -> dict:
         f"train.max_seq_len={args.max_seq_len}",
         "train.lr=2e-4",
         "train.log_steps=1",
-        "train.mixed_precision=bf16",
+        f"train.mixed_precision='{args.precision}'",  # quoted: YAML reads a bare no as false
         f"train.eval_steps={args.steps}",
     ]
     main(["train", *overrides, "--output", str(out)])
-    return glmtune_rate(out)
+    return glmtune_rate(out) | {"precision": "bf16" if args.precision == "bf16" else "fp32"}
 
 
 def worker_trainer(args) -> dict:
@@ -102,7 +112,7 @@ def worker_trainer(args) -> dict:
         per_device_train_batch_size=args.batch_size,
         max_steps=args.steps,
         learning_rate=2e-4,
-        bf16=True,
+        bf16=args.precision == "bf16",  # the same choice as glmtune's side
         use_cpu=not torch.cuda.is_available(),
         logging_steps=1,
         save_strategy="no",
@@ -119,7 +129,7 @@ def worker_trainer(args) -> dict:
         callbacks=[clock.callback],
     )
     trainer.train()
-    return clock.rate()
+    return clock.rate() | {"precision": "bf16" if training_args.bf16 else "fp32"}
 
 
 def child(kind: str, args) -> dict:
@@ -132,6 +142,8 @@ def child(kind: str, args) -> dict:
         str(args.batch_size),
         "--max-seq-len",
         str(args.max_seq_len),
+        "--precision",
+        args.precision,
     ]
     return run_child(__file__, kind, argv)
 
@@ -142,21 +154,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-seq-len", type=int, default=128)
+    parser.add_argument(
+        "--precision", choices=["bf16", "no"], default=None, help="both sides (default: glmtune's auto here)"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "train_throughput.json")
     parser.add_argument("--worker", choices=["glmtune", "trainer"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.precision = args.precision or ("bf16" if auto_precision() == "bf16" else "no")
     if args.worker:
+        from glmtune.core.hardware import apply_threads
+
+        apply_threads()  # both sides compute with glmtune's thread count (the glmtune CLI would set it anyway)
         worker_output(worker_glmtune(args) if args.worker == "glmtune" else worker_trainer(args))
         return
     results = {
-        "settings": vars(args) | {"lora": LORA},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "out")} | {"lora": LORA},
         "trainer": child("trainer", args),
         "glmtune": child("glmtune", args),
     }
     results["speedup"] = results["glmtune"]["tokens_per_s"] / results["trainer"]["tokens_per_s"]
     results["rss_ratio"] = results["glmtune"]["peak_rss_mib"] / results["trainer"]["peak_rss_mib"]
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "train_throughput.json"
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    out = args.out
+    precision = {kind: results[kind]["precision"] for kind in ("glmtune", "trainer")}
+    write_results(out, results, precision=precision)
     for kind in ("trainer", "glmtune"):
         r = results[kind]
         print(

@@ -1,14 +1,16 @@
-"""`glmtune train|eval|predict|chat|serve|export|ensemble|tune|models|data`: command names → plain functions.
+"""`glmtune train|eval|predict|chat|serve|export|ensemble|tune|models|data|env`: command names → plain functions.
 
 parser.py (argparse: commands, flags, help) · training.py (train, tune) · inference.py (eval, predict, chat,
-serve, export, ensemble) · data.py (models, data list/inspect/augment). Heavy imports (torch, transformers)
-live inside the command functions so ``glmtune --help`` is instant. ``main`` is the console script.
+serve, export, ensemble) · data.py (models, data list/inspect/augment) · env.py (env). Heavy imports (torch,
+transformers) live inside the command functions so ``glmtune --help`` is instant. ``main`` is the console script;
+every command that computes starts with glmtune's thread count (``core.hardware.apply_threads``).
 """
 
 from __future__ import annotations
 
 from glmtune.cli.parser import build_parser
 from glmtune.core.errors import user_errors_exit
+from glmtune.core.hardware import apply_threads
 
 
 @user_errors_exit
@@ -20,6 +22,8 @@ def main(argv: list[str] | None = None) -> None:
         args.args += unknown
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command not in ("models", "data") or getattr(args, "action", "") == "augment":  # lists: no torch
+        apply_threads()
     args.func(args)
 
 

@@ -9,6 +9,7 @@ import argparse
 
 from glmtune import __version__
 from glmtune.cli.data import cmd_data, cmd_models
+from glmtune.cli.env import cmd_env
 from glmtune.cli.inference import cmd_chat, cmd_ensemble, cmd_eval, cmd_export, cmd_predict, cmd_serve
 from glmtune.cli.training import cmd_train, cmd_tune
 
@@ -82,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free one; the address is printed)")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $GLMTUNE_API_KEY if set)")
+    p.add_argument(
+        "--allowed-hosts",
+        metavar="NAMES",
+        action="append",
+        help="Host header names answered besides localhost, 127.0.0.1, [::1] and --host (comma-separated; "
+        "'*' any, '*.example.com' subdomains): other names get 400, which stops DNS rebinding",
+    )
     p.add_argument("--template", help="chat template for a bare model (default: auto)")
     p.add_argument("--max-tokens", type=int, default=1024, help="ceiling on a request's max_tokens")
     p.add_argument("--max-messages", type=int, default=128, help="messages per chat request")
@@ -119,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="augment: show the first N training examples beside their augmented copies (default 5)",
     )
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("env", help="this machine's facts for a bug report: versions, CPU, threads, precision")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of '- key: value' lines")
+    p.add_argument("--no-probe", action="store_true", help="skip the one-second fp32/bf16 matmul probe")
+    p.set_defaults(func=cmd_env)
     return parser
 
 
