@@ -5,7 +5,10 @@ tests on. Splits depend on ``data.seed`` only (never ``train.seed``), so runs wi
 are compared on the same test set. Without a test/validation file, the test set is carved from the training
 data first, then the validation set from the rest; sizes are fractions of (or counts from) all training
 rows. Carved splits are stratified by label where every class is large enough (else unstratified, with a
-warning) and keep file order within each split, so prediction files read like the source.
+warning) and keep file order within each split, so prediction files read like the source. The text and label
+columns are ``data.columns.text``/``label`` (or ``data.text_column``/``label_column``); ``data.dataset`` may name
+a dataset of ``data.dataset_info``. Texts shared between splits are counted and warned about
+(``data.leakage``), and removed from training with ``data.dedup_across_splits``.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import logging
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from glmtune.core.config import DataConfig
 from glmtune.core.errors import UserError
 from glmtune.data.builtin import load_builtin
+from glmtune.data.dataset_info import read_entry, resolve_dataset
+from glmtune.data.leakage import drop_leaked, find_leakage
 from glmtune.data.read import LINE_KEY, read_records, require_columns, where
 
 logger = logging.getLogger(__name__)
@@ -43,6 +48,7 @@ class ClassificationData:
     validation: list[Example]
     test: list[Example]
     labels: list[str]
+    leakage: dict[str, Any] = field(default_factory=dict)  # data.leakage.find_leakage, + "removed_from_train"
 
     def splits(self) -> dict[str, list[Example]]:
         return {"train": self.train, "validation": self.validation, "test": self.test}
@@ -56,6 +62,7 @@ class ClassificationData:
                 "total": len(examples),
                 "per_class": {label: counts[index] for index, label in enumerate(self.labels)},
             }
+        summary["leakage"] = dict(self.leakage)
         return summary
 
 
@@ -97,21 +104,28 @@ def _rows_from_records(
     require_columns(records, [text_column, label_column], path)
     rows = []
     for record in records:
-        line, source = record.get(LINE_KEY), record.get("_source", path)
+        line, source = record.get(LINE_KEY), str(record.get("_source", path))
         text = record[text_column]
         if not isinstance(text, str):
             raise UserError(
                 f"got a {type(text).__name__} ({text!r})",
-                **where(path, line),
+                **where(source, line),
                 field=text_column,
                 expected="a string",
             )
-        rows.append(_Row(text, _label_name(record[label_column], path, line, label_column), line, source))
+        rows.append(_Row(text, _label_name(record[label_column], source, line, label_column), line, source))
     return rows
 
 
+def _text_label_columns(cfg: DataConfig, extra: dict[str, str] | None = None) -> tuple[str, str]:
+    """The text and label columns: a dataset_info entry's, then ``data.columns``, then ``data.*_column``."""
+    columns = {**(cfg.columns or {}), **(extra or {})}
+    return columns.get("text", cfg.text_column), columns.get("label", cfg.label_column)
+
+
 def _read_file(path: str, cfg: DataConfig) -> list[_Row]:
-    return _rows_from_records(read_records(path), path, cfg.text_column, cfg.label_column)
+    records = read_records(path, encoding=cfg.encoding, sheet=cfg.sheet)
+    return _rows_from_records(records, path, *_text_label_columns(cfg))
 
 
 def _label_sort_key(labels: set[str]):
@@ -127,7 +141,7 @@ def _label_set(cfg: DataConfig, train: list[_Row], train_source: str) -> list[st
         raise UserError(
             f"the training data has only one class ({', '.join(sorted(present))})",
             file=train_source,
-            field=cfg.label_column,
+            field=_text_label_columns(cfg)[1],
             expected="at least 2 classes",
         )
     if cfg.labels is None:
@@ -188,6 +202,11 @@ def _read_train(cfg: DataConfig) -> tuple[list[_Row], str]:
     if cfg.train_file is not None:
         return _read_file(cfg.train_file, cfg), cfg.train_file
     assert cfg.dataset is not None  # DataConfig requires one of the two
+    if cfg.dataset_info is not None:
+        entry = resolve_dataset(cfg.dataset_info, cfg.dataset)
+        records = read_entry(entry, encoding=cfg.encoding, sheet=cfg.sheet)
+        source = entry.files[0] if len(entry.files) == 1 else cfg.dataset
+        return _rows_from_records(records, source, *_text_label_columns(cfg, entry.columns)), source
     return _rows_from_records(load_builtin(cfg.dataset), cfg.dataset, "text", "label"), cfg.dataset
 
 
@@ -233,27 +252,51 @@ def load_classification(cfg: DataConfig) -> ClassificationData:
     test = _read_file(cfg.test_file, cfg) if cfg.test_file else None
 
     labels = _label_set(cfg, train, train_source)
+    label_column = _text_label_columns(cfg)[1]
     if cfg.labels is not None:
-        _check_labels(train, labels, "label" if cfg.train_file is None else cfg.label_column, "data.labels")
+        builtin = cfg.train_file is None and cfg.dataset_info is None
+        _check_labels(train, labels, "label" if builtin else label_column, "data.labels")
     for rows in (validation, test):
         if rows is not None:
             known_as = "data.labels" if cfg.labels is not None else "the training data"
-            _check_labels(rows, labels, cfg.label_column, known_as)
+            _check_labels(rows, labels, label_column, known_as)
 
     train, validation, test = _carve(cfg, train, train_source, validation, test)
     if cfg.max_train_samples is not None and cfg.max_train_samples < len(train):
         _, train = _take(train, cfg.max_train_samples, cfg.seed, "data.max_train_samples")
     if cfg.max_eval_samples is not None and cfg.max_eval_samples < len(validation):
         _, validation = _take(validation, cfg.max_eval_samples, cfg.seed, "data.max_eval_samples")
-    return ClassificationData(_index(train, labels), _index(validation, labels), _index(test, labels), labels)
+    leakage = find_leakage({"train": train, "validation": validation, "test": test}, _text, _origin)
+    if cfg.dedup_across_splits and leakage:
+        kept = drop_leaked(train, [validation, test], _text)
+        leakage["removed_from_train"] = len(train) - len(kept)
+        train = kept
+    return ClassificationData(
+        _index(train, labels), _index(validation, labels), _index(test, labels), labels, leakage
+    )
+
+
+def _text(row: _Row) -> str:
+    return row.text
+
+
+def _origin(row: _Row) -> str:
+    return f"{row.source}:{row.line}" if row.line is not None else row.source
 
 
 def load_labelled_file(
-    path: str, text_column: str = "text", label_column: str = "label", labels: list[str] | None = None
+    path: str,
+    text_column: str = "text",
+    label_column: str = "label",
+    labels: list[str] | None = None,
+    *,
+    encoding: str = "auto",
+    sheet: str | None = None,
 ) -> list[Example]:
     """Examples of one labelled file (e.g. ``glmtune eval --data``), indexed by ``labels`` (a run's label set);
     a label outside it is an error at its line. Without ``labels`` the file's own labels, sorted."""
-    rows = _rows_from_records(read_records(path), path, text_column, label_column)
+    records = read_records(path, encoding=encoding, sheet=sheet)
+    rows = _rows_from_records(records, path, text_column, label_column)
     if labels is None:
         present = {row.label for row in rows}
         labels = sorted(present, key=_label_sort_key(present))

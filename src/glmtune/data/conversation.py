@@ -4,18 +4,23 @@ A ``Conversation`` is a list of ``Message``s (roles ``system``, ``user``, ``assi
 schemas the assistant may call, and where it came from. Templates (``data.templates``) turn it into token ids;
 nothing here knows about tokenizers.
 
-Formats, detected per file from its columns (or named with ``format=``):
+Formats, detected per file from its fields (``data.format_detect``; or named with ``format=``), each field under
+its ``data.columns`` name when mapped:
 
-* ``alpaca``: ``instruction``, optional ``input`` (appended after a newline), ``output``, optional ``system``
-  and ``history`` (``[[question, answer], ...]`` before the instruction).
-* ``messages`` (OpenAI style): ``messages: [{role, content}]`` with roles system/user/assistant/tool (or
-  ``observation``), optional ``tools`` (JSON schemas) and assistant ``tool_calls``
-  (``[{"type": "function", "function": {"name", "arguments"}}]``, arguments as an object or a JSON string).
+* ``alpaca``: ``instruction``, optional ``input`` (appended after a newline), ``output``, optional ``system``,
+  ``tools`` and ``history`` (``[[question, answer], ...]`` before the instruction).
+* ``messages`` (OpenAI style, and the ChatGLM3 finetune demo's): ``messages`` or ``conversations``: ``[{role,
+  content}]`` with roles system/user/assistant/tool (or ``observation``), optional ``tools`` (JSON schemas, in
+  the record or, as ChatGLM3's demo writes them, in the system turn) and assistant ``tool_calls``
+  (``[{"type": "function", "function": {"name", "arguments"}}]``, arguments as an object or a JSON string);
+  the demo's ``{"role": "tool", "name", "parameters", "observation"}`` is a call and its result.
 * ``sharegpt``: ``conversations: [{from, value}]`` with from human/gpt/system/function_call/observation,
   optional ``system`` and ``tools``; a ``function_call`` value is ``{"name", "arguments"}`` as JSON.
 * ``prompt_completion``: ``prompt``, ``completion`` (one user turn, one reply), optional ``system``.
 
-In CSV files the list columns (``messages``, ``conversations``, ``history``, ``tools``) hold JSON text.
+Turn keys and role names other than these are LLaMA-Factory's tags in ``data.columns`` (``role_tag``,
+``content_tag``, ``user_tag``, ...). In CSV files the list columns (``messages``, ``conversations``,
+``history``, ``tools``) hold JSON text.
 Every mistake is one ``UserError`` naming the file, the line and the field path (``messages[2].content``).
 """
 
@@ -23,44 +28,61 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from glmtune.core.errors import UserError
-from glmtune.data.conversation_formats import FORMAT_HELP, FORMATS, PARSERS, Where, check, detect_format
+from glmtune.data.columns import Keys
+from glmtune.data.conversation_formats import PARSERS, Where, check
+from glmtune.data.format_detect import FORMAT_HELP, FORMATS, detect_layout
 from glmtune.data.messages import ROLES, Conversation, Message, tool_names
 from glmtune.data.read import LINE_KEY, Record, read_records
 
 
 def conversations_from_records(
-    records: list[Record], source: str | Path, format: str = "auto", *, require_reply: bool = True
+    records: list[Record],
+    source: str | Path,
+    format: str = "auto",
+    *,
+    require_reply: bool = True,
+    columns: Mapping[str, str] | None = None,
 ) -> list[Conversation]:
     """Records (from ``read_records`` or a built-in dataset) → checked Conversations, in order.
 
-    ``format`` is one of ``FORMATS`` or ``"auto"`` (detected once for all records). A record's own
-    ``"_source"`` (built-in datasets spread over files) takes precedence over ``source`` in errors.
-    ``require_reply=False`` reads prompts: conversations that end with a user (or tool) turn, to be answered.
+    ``format`` is one of ``FORMATS`` or ``"auto"`` (told once for all records by their fields); ``columns``
+    the file's own field names (``data.columns``). A record's own ``"_source"`` (built-in datasets spread over
+    files) takes precedence over ``source`` in errors. ``require_reply=False`` reads prompts: conversations
+    that end with a user (or tool) turn, to be answered.
     """
     source = str(source)
     name = format.replace("-", "_")
-    if name == "auto":
-        name = detect_format(records, source)
-    elif name not in PARSERS:
+    if name != "auto" and name not in PARSERS:
         raise UserError(f"unknown format '{format}'", field="format", expected="auto or " + FORMAT_HELP)
-    parse = PARSERS[name]
+    layout = detect_layout(records, source, name, Keys.of(columns))
+    parse = PARSERS[layout.format]
     conversations = []
     for record in records:
         origin = str(record.get("_source", source))
         at = Where(origin, record.get(LINE_KEY))
-        messages, tools = parse(record, at)
+        messages, tools = parse(record, at, layout)
         check(messages, tools, at, require_reply)
         conversations.append(Conversation(messages, tools, at.line, origin))
     return conversations
 
 
-def load_conversations(path: str | Path, format: str = "auto") -> list[Conversation]:
-    """All conversations of a JSONL/JSON/CSV/TSV/Parquet file (``format``: see the module docstring)."""
-    return conversations_from_records(read_records(path), path, format)
+def load_conversations(
+    path: str | Path,
+    format: str = "auto",
+    *,
+    columns: Mapping[str, str] | None = None,
+    encoding: str = "auto",
+    sheet: str | None = None,
+) -> list[Conversation]:
+    """All conversations of a JSONL/JSON/CSV/TSV/Parquet/xlsx file (``format``, ``columns``: see the module
+    docstring; ``encoding``, ``sheet``: see ``read_records``)."""
+    return conversations_from_records(
+        read_records(path, encoding=encoding, sheet=sheet), path, format, columns=columns
+    )
 
 
 def load_builtin_conversations(name: str) -> list[Conversation]:
@@ -115,7 +137,6 @@ __all__ = [
     "Conversation",
     "Message",
     "conversations_from_records",
-    "detect_format",
     "load_builtin_conversations",
     "load_conversations",
     "mix",

@@ -1,6 +1,8 @@
-"""The four conversation file layouts (see ``data.conversation``): one record → checked ``Message``s and tools.
+"""The conversation file layouts (see ``data.conversation``): one record → checked ``Message``s and tools.
 
-Every mistake is one ``UserError`` naming the file, the line and the field path (``messages[2].content``).
+Records are read through a ``format_detect.Layout``: the format and the file's own field names
+(``data.columns``), so every error names the user's field. Every mistake is one ``UserError`` naming the file,
+the line and the field path (``messages[2].content``).
 """
 
 from __future__ import annotations
@@ -9,29 +11,10 @@ import json
 from typing import Any
 
 from glmtune.core.errors import UserError
+from glmtune.data.columns import MESSAGE_ROLES, SHAREGPT_ROLES
+from glmtune.data.format_detect import FORMATS, Layout
 from glmtune.data.messages import Message, tool_names
-from glmtune.data.read import Record, columns_of, where
-
-FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion")
-# role names accepted in the messages format → ours ("observation": a common name for a tool result)
-_MESSAGE_ROLES = {
-    "system": "system",
-    "user": "user",
-    "assistant": "assistant",
-    "tool": "tool",
-    "observation": "tool",
-}
-_SHAREGPT_ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "system": "system",
-    "function_call": "assistant",
-    "observation": "tool",
-    "tool": "tool",
-}
-
+from glmtune.data.read import Record, where
 
 # --------------------------------------------------------------------------- small checks
 
@@ -75,18 +58,22 @@ def _list(value: Any, at: Where, field: str) -> list:
     return value
 
 
-def _tools(record: Record, at: Where) -> list[dict[str, Any]] | None:
-    if record.get("tools") in (None, "", []):
-        return None
-    tools = _list(_json_field(record, "tools", at), at, "tools")
+def _tool_list(tools: Any, at: Where, field: str) -> list[dict[str, Any]]:
+    tools = _list(tools, at, field)
     for index, tool in enumerate(tools):
         if not isinstance(tool, dict) or not isinstance(tool.get("function", tool).get("name"), str):
             raise at.error(
                 "a tool schema without a name",
-                field=f"tools[{index}]",
+                field=f"{field}[{index}]",
                 expected='{"type": "function", "function": {"name", "description", "parameters"}}',
             )
     return tools
+
+
+def _tools(record: Record, at: Where, column: str = "tools") -> list[dict[str, Any]] | None:
+    if record.get(column) in (None, "", []):
+        return None
+    return _tool_list(_json_field(record, column, at), at, column)
 
 
 def _tool_call(call: Any, at: Where, field: str) -> dict[str, Any]:
@@ -114,131 +101,139 @@ def _tool_call(call: Any, at: Where, field: str) -> dict[str, Any]:
     return {"type": "function", "function": {"name": name, "arguments": arguments}}
 
 
-# --------------------------------------------------------------------------- the four formats
+# --------------------------------------------------------------------------- the formats
 
 
-def _from_messages(record: Record, at: Where) -> tuple[list[Message], list[dict] | None]:
-    items = _list(_json_field(record, "messages", at), at, "messages")
-    messages = []
+def _json_value(value: Any, at: Where, field: str) -> Any:
+    """A value that CSV cells (and some writers) hold as JSON text."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as error:
+            raise at.error(f"not valid JSON ({error.msg})", field=field, expected="JSON") from None
+    return value
+
+
+def _system(record: Record, layout: Layout, at: Where) -> list[Message]:
+    column = layout.keys.column("system")
+    value = record.get(column)
+    return [] if value in (None, "") else [Message("system", _string(value, at, column))]
+
+
+def _demo_tool_turn(item: dict[str, Any], at: Where, field: str) -> list[Message]:
+    """The ChatGLM3 finetune demo's ``{"role": "tool", "name", "parameters", "observation"}``: the assistant's
+    call, then its result (a non-string observation as JSON, as the demo writes it)."""
+    call = {"name": item.get("name"), "arguments": item.get("parameters") or {}}
+    observation = item.get("observation", "")
+    if not isinstance(observation, str):
+        observation = json.dumps(observation, ensure_ascii=False)
+    return [Message("assistant", "", [_tool_call(call, at, field)]), Message("tool", observation)]
+
+
+def _function_call(value: str, at: Where, field: str) -> Message:
+    """sharegpt's ``function_call`` turn: the call (or a list of calls) as JSON."""
+    try:
+        calls = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise at.error(
+            f"not valid JSON ({error.msg})",
+            field=field,
+            expected='a function call as JSON: {"name": ..., "arguments": {...}}',
+        ) from None
+    calls = calls if isinstance(calls, list) else [calls]
+    return Message("assistant", "", [_tool_call(call, at, f"{field}[{i}]") for i, call in enumerate(calls)])
+
+
+def _from_turns(record: Record, at: Where, layout: Layout) -> tuple[list[Message], list[dict] | None]:
+    """messages and sharegpt: a list of turns, each with a role and a content key (``layout``)."""
+    assert layout.turns and layout.role and layout.content
+    role_key, content_key = layout.role, layout.content
+    items = _list(_json_field(record, layout.turns, at), at, layout.turns)
+    roles = layout.keys.roles(SHAREGPT_ROLES if layout.format == "sharegpt" else MESSAGE_ROLES)
+    messages: list[Message] = []
+    system_tools = None
     for index, item in enumerate(items):
-        field = f"messages[{index}]"
+        field = f"{layout.turns}[{index}]"
         if not isinstance(item, dict):
-            raise at.error(f"got a {_type_name(item)}", field=field, expected='{"role", "content"}')
-        raw_role = item.get("role")
-        role = _MESSAGE_ROLES.get(raw_role) if isinstance(raw_role, str) else None
+            raise at.error(
+                f"got a {_type_name(item)}", field=field, expected=f'{{"{role_key}", "{content_key}"}}'
+            )
+        raw = item.get(role_key)
+        role = roles.get(raw) if isinstance(raw, str) else None
         if role is None:
             raise at.error(
-                f"unknown role {raw_role!r}",
-                field=f"{field}.role",
-                expected="one of: " + ", ".join(_MESSAGE_ROLES),
+                f"unknown role {raw!r}", field=f"{field}.{role_key}", expected="one of: " + ", ".join(roles)
             )
+        if role == "tool" and content_key not in item and ("parameters" in item or "observation" in item):
+            messages += _demo_tool_turn(item, at, field)
+            continue
+        if role == "system" and item.get("tools") not in (None, "", []):  # ChatGLM3: tools in the system turn
+            system_tools = _tool_list(_json_value(item["tools"], at, f"{field}.tools"), at, f"{field}.tools")
+        content = item.get(content_key)
+        if role == "function_call":
+            messages.append(
+                _function_call(_string(content, at, f"{field}.{content_key}"), at, f"{field}.{content_key}")
+            )
+            continue
         calls = None
         if role == "assistant" and item.get("tool_calls"):
-            raw_calls = _list(item["tool_calls"], at, f"{field}.tool_calls")
+            raw_calls = _list(
+                _json_value(item["tool_calls"], at, f"{field}.tool_calls"), at, f"{field}.tool_calls"
+            )
             calls = [_tool_call(c, at, f"{field}.tool_calls[{i}]") for i, c in enumerate(raw_calls)]
-        content = item.get("content")
         if content is None and calls:
             content = ""
-        messages.append(Message(role, _string(content, at, f"{field}.content"), calls))
-    return messages, _tools(record, at)
+        messages.append(Message(role, _string(content, at, f"{field}.{content_key}"), calls))
+    if not (messages and messages[0].role == "system"):  # a system turn wins over a system column
+        messages = _system(record, layout, at) + messages
+    tools = _tools(record, at, layout.keys.column("tools"))
+    if tools is not None and system_tools is not None and tools != system_tools:
+        raise at.error(
+            "different tools in the tools column and in the system turn",
+            field=layout.keys.column("tools"),
+            expected="the tools once (either place)",
+        )
+    return messages, tools if tools is not None else system_tools
 
 
-def _from_sharegpt(record: Record, at: Where) -> tuple[list[Message], list[dict] | None]:
-    items = _list(_json_field(record, "conversations", at), at, "conversations")
-    messages = []
-    if record.get("system") not in (None, ""):
-        messages.append(Message("system", _string(record["system"], at, "system")))
-    for index, item in enumerate(items):
-        field = f"conversations[{index}]"
-        if not isinstance(item, dict):
-            raise at.error(f"got a {_type_name(item)}", field=field, expected='{"from", "value"}')
-        sender = item.get("from")
-        role = _SHAREGPT_ROLES.get(sender) if isinstance(sender, str) else None
-        if role is None:
-            raise at.error(
-                f"unknown role {sender!r}",
-                field=f"{field}.from",
-                expected="one of: " + ", ".join(_SHAREGPT_ROLES),
-            )
-        value = _string(item.get("value"), at, f"{field}.value")
-        if sender == "function_call":
-            try:
-                call = json.loads(value)
-            except json.JSONDecodeError as error:
-                raise at.error(
-                    f"not valid JSON ({error.msg})",
-                    field=f"{field}.value",
-                    expected='a function call as JSON: {"name": ..., "arguments": {...}}',
-                ) from None
-            messages.append(Message("assistant", "", [_tool_call(call, at, f"{field}.value")]))
-        else:
-            messages.append(Message(role, value))
-    return messages, _tools(record, at)
-
-
-def _from_alpaca(record: Record, at: Where) -> tuple[list[Message], list[dict] | None]:
-    messages = []
-    if record.get("system") not in (None, ""):
-        messages.append(Message("system", _string(record["system"], at, "system")))
-    history = _json_field(record, "history", at) if record.get("history") not in (None, "") else []
-    for index, pair in enumerate(_list(history, at, "history")):
+def _from_alpaca(record: Record, at: Where, layout: Layout) -> tuple[list[Message], list[dict] | None]:
+    keys = layout.keys
+    messages = _system(record, layout, at)
+    history_key = keys.column("history")
+    history = _json_field(record, history_key, at) if record.get(history_key) not in (None, "") else []
+    for index, pair in enumerate(_list(history, at, history_key)):
+        field = f"{history_key}[{index}]"
         if not (isinstance(pair, list) and len(pair) == 2):
-            raise at.error("not a [question, answer] pair", field=f"history[{index}]", expected="[q, a]")
-        messages.append(Message("user", _string(pair[0], at, f"history[{index}][0]", allow_empty=False)))
-        messages.append(Message("assistant", _string(pair[1], at, f"history[{index}][1]")))
-    instruction = _string(record.get("instruction"), at, "instruction", allow_empty=False)
-    extra = record.get("input")
-    extra = "" if extra is None else _string(extra, at, "input")
+            raise at.error("not a [question, answer] pair", field=field, expected="[q, a]")
+        messages.append(Message("user", _string(pair[0], at, f"{field}[0]", allow_empty=False)))
+        messages.append(Message("assistant", _string(pair[1], at, f"{field}[1]")))
+    name = keys.column("instruction")
+    instruction = _string(record.get(name), at, name, allow_empty=False)
+    extra = record.get(keys.column("input"))
+    extra = "" if extra is None else _string(extra, at, keys.column("input"))
     messages.append(Message("user", f"{instruction}\n{extra}" if extra.strip() else instruction))
-    messages.append(Message("assistant", _string(record.get("output"), at, "output")))
-    return messages, None
+    messages.append(
+        Message("assistant", _string(record.get(keys.column("output")), at, keys.column("output")))
+    )
+    return messages, _tools(record, at, keys.column("tools"))
 
 
-def _from_prompt_completion(record: Record, at: Where) -> tuple[list[Message], list[dict] | None]:
-    messages = []
-    if record.get("system") not in (None, ""):
-        messages.append(Message("system", _string(record["system"], at, "system")))
-    messages.append(Message("user", _string(record.get("prompt"), at, "prompt", allow_empty=False)))
-    messages.append(Message("assistant", _string(record.get("completion"), at, "completion")))
+def _from_prompt_completion(
+    record: Record, at: Where, layout: Layout
+) -> tuple[list[Message], list[dict] | None]:
+    prompt, completion = layout.keys.column("prompt"), layout.keys.column("completion")
+    messages = _system(record, layout, at)
+    messages.append(Message("user", _string(record.get(prompt), at, prompt, allow_empty=False)))
+    messages.append(Message("assistant", _string(record.get(completion), at, completion)))
     return messages, None
 
 
 PARSERS = {
     "alpaca": _from_alpaca,
-    "messages": _from_messages,
-    "sharegpt": _from_sharegpt,
+    "messages": _from_turns,
+    "sharegpt": _from_turns,
     "prompt_completion": _from_prompt_completion,
 }
-# The columns that identify each format (all must be present).
-_SIGNATURES = {
-    "messages": ("messages",),
-    "sharegpt": ("conversations",),
-    "alpaca": ("instruction", "output"),
-    "prompt_completion": ("prompt", "completion"),
-}
-FORMAT_HELP = (
-    "one of: messages (a 'messages' column), sharegpt ('conversations'), alpaca ('instruction' + 'output'), "
-    "prompt_completion ('prompt' + 'completion')"
-)
-
-
-def detect_format(records: list[Record], source: str) -> str:
-    """The format whose identifying columns the records have; none or several is a UserError."""
-    columns = columns_of(records)
-    found = [name for name, needed in _SIGNATURES.items() if all(c in columns for c in needed)]
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise UserError(
-            f"cannot tell the conversation format from the columns ({', '.join(columns) or 'none'})",
-            file=source,
-            expected=FORMAT_HELP,
-        )
-    raise UserError(
-        f"the columns fit several formats ({', '.join(found)})",
-        file=source,
-        expected="format= set to one of them",
-    )
 
 
 def check(messages: list[Message], tools: list[dict] | None, at: Where, require_reply: bool = True) -> None:
@@ -285,4 +280,4 @@ def check(messages: list[Message], tools: list[dict] | None, at: Where, require_
                 )
 
 
-__all__ = ["FORMAT_HELP", "FORMATS", "PARSERS", "Where", "check", "detect_format"]
+__all__ = ["FORMATS", "PARSERS", "Where", "check"]

@@ -1,17 +1,20 @@
 """SFT data: conversations read from files or built-in datasets → mixed, split splits → padded or packed batches.
 
-Sources: ``data.dataset`` (a built-in generation dataset), ``data.train_file`` (``data.format``), or
-``data.train_files`` (several files / built-in datasets, each with a ``weight``: see ``conversation.mix``).
-Validation and test come from ``data.validation_file`` / ``data.test_file`` or are carved (seeded by
-``data.seed``) from the pool of all sources *before* weighting, so a repeated example never leaks into them.
+Sources: ``data.dataset`` (a built-in generation dataset, or one of ``data.dataset_info``), ``data.train_file``
+(``data.format``, ``data.columns``), or ``data.train_files`` (several files / datasets, each with a ``weight``:
+see ``conversation.mix``). Validation and test come from ``data.validation_file`` / ``data.test_file`` or are
+carved (seeded by ``data.seed``) from the pool of all sources *before* weighting, so a repeated example never
+leaks into them; conversations found in two splits anyway (the same text in two files) are counted and warned
+about (``data.leakage``), and removed from training with ``data.dedup_across_splits``.
 Encoding is ``data.templates``; batches reuse the length-grouped sampler of ``data.encode``.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -21,8 +24,16 @@ from torch.utils.data import DataLoader, Dataset
 from glmtune.core.config import DataConfig, TrainSource
 from glmtune.core.errors import UserError
 from glmtune.data.classification import split_count
-from glmtune.data.conversation import Conversation, load_builtin_conversations, load_conversations, mix
+from glmtune.data.conversation import (
+    Conversation,
+    conversations_from_records,
+    load_builtin_conversations,
+    load_conversations,
+    mix,
+)
+from glmtune.data.dataset_info import read_entry, resolve_dataset
 from glmtune.data.encode import LengthGroupedBatchSampler
+from glmtune.data.leakage import drop_leaked, find_leakage
 from glmtune.data.packing import collate_packed, pack
 from glmtune.data.templates import IGNORE_INDEX, EncodedConversation
 
@@ -34,9 +45,14 @@ class SFTData:
     train: list[Conversation]
     validation: list[Conversation]
     test: list[Conversation]
+    leakage: dict[str, Any] = field(default_factory=dict)  # data.leakage.find_leakage, + "removed_from_train"
 
     def summary(self) -> dict[str, Any]:
-        return {name: {"total": len(getattr(self, name))} for name in ("train", "validation", "test")}
+        summary: dict[str, Any] = {
+            name: {"total": len(getattr(self, name))} for name in ("train", "validation", "test")
+        }
+        summary["leakage"] = dict(self.leakage)
+        return summary
 
 
 def _sources(cfg: DataConfig) -> list[TrainSource]:
@@ -47,10 +63,21 @@ def _sources(cfg: DataConfig) -> list[TrainSource]:
     return [TrainSource(dataset=cfg.dataset)]
 
 
-def _read(source: TrainSource) -> list[Conversation]:
+def _read_file(path: str, format: str, cfg: DataConfig) -> list[Conversation]:
+    return load_conversations(path, format, columns=cfg.columns, encoding=cfg.encoding, sheet=cfg.sheet)
+
+
+def _read(source: TrainSource, cfg: DataConfig) -> list[Conversation]:
+    if source.dataset is not None and cfg.dataset_info is not None:
+        entry = resolve_dataset(cfg.dataset_info, source.dataset)
+        records = read_entry(entry, encoding=cfg.encoding, sheet=cfg.sheet)
+        columns = {**(cfg.columns or {}), **entry.columns}
+        name = entry.files[0] if len(entry.files) == 1 else source.dataset
+        return conversations_from_records(records, name, entry.format, columns=columns)
     if source.dataset is not None:
         return load_builtin_conversations(source.dataset)
-    conversations = load_conversations(source.path, source.format)
+    assert source.path is not None
+    conversations = _read_file(source.path, source.format, cfg)
     if not conversations:
         raise UserError("no conversations in the file", file=source.path, expected="at least one record")
     return conversations
@@ -59,9 +86,9 @@ def _read(source: TrainSource) -> list[Conversation]:
 def load_sft(cfg: DataConfig) -> SFTData:
     """Read, check, split and mix the data of an SFT run (see the module docstring)."""
     sources = _sources(cfg)
-    pools = [_read(source) for source in sources]
-    validation = load_conversations(cfg.validation_file, cfg.format) if cfg.validation_file else None
-    test = load_conversations(cfg.test_file, cfg.format) if cfg.test_file else None
+    pools = [_read(source, cfg) for source in sources]
+    validation = _read_file(cfg.validation_file, cfg.format, cfg) if cfg.validation_file else None
+    test = _read_file(cfg.test_file, cfg.format, cfg) if cfg.test_file else None
     total = sum(len(pool) for pool in pools)
     n_test = split_count(cfg.test_size, total, "data.test_size") if test is None else 0
     n_validation = (
@@ -92,7 +119,27 @@ def load_sft(cfg: DataConfig) -> SFTData:
     if cfg.max_eval_samples is not None and cfg.max_eval_samples < len(validation):
         keep = sorted(random.Random(cfg.seed).sample(range(len(validation)), cfg.max_eval_samples))
         validation = [validation[i] for i in keep]
-    return SFTData(train, validation, test if test is not None else carved_test)
+    test = test if test is not None else carved_test
+    leakage = find_leakage({"train": train, "validation": validation, "test": test}, _text, _origin)
+    if cfg.dedup_across_splits and leakage:
+        kept = drop_leaked(train, [validation, test], _text)
+        leakage["removed_from_train"] = len(train) - len(kept)
+        train = kept
+    return SFTData(train, validation, test, leakage)
+
+
+def _text(conversation: Conversation) -> str:
+    """What two conversations are compared by: every turn's role, text and tool calls."""
+    return "\n".join(
+        f"{m.role}:{m.content}" + (json.dumps(m.tool_calls, ensure_ascii=False) if m.tool_calls else "")
+        for m in conversation.messages
+    )
+
+
+def _origin(conversation: Conversation) -> str:
+    return (
+        f"{conversation.source}:{conversation.line}" if conversation.line is not None else conversation.source
+    )
 
 
 # --------------------------------------------------------------------------- batches

@@ -2,12 +2,12 @@
 
 ``prediction_rows`` + ``write_predictions`` make predictions.jsonl (written atomically, Chinese kept readable);
 ``format_metrics_table`` prints metrics dicts side by side, one column per split; ``plot_confusion`` draws a
-confusion matrix as a PNG with matplotlib's Agg canvas (no display needed), written atomically.
+confusion matrix as a PNG with matplotlib's Agg canvas (no display needed, CJK label names readable:
+``fonts``), written atomically.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from glmtune.core.runs import atomic_path, atomic_write_jsonl
+from glmtune.metrics.fonts import with_plot_fonts
 
 # Rows of the text table, in reading order: (key in the metrics dict, what the row is called). These are
 # classification's headline metrics, the default; SFT passes its own rows.
@@ -58,31 +59,12 @@ def format_metrics_table(
     return "\n".join([line(header), rule, *(line(row) for row in body)])
 
 
-def _cjk_fonts() -> list[str]:
-    """Installed font families that can draw Chinese label names (tried after DejaVu Sans, in order)."""
-    from matplotlib import font_manager
-
-    wanted = (
-        "Noto Sans CJK SC",
-        "Noto Sans SC",
-        "Source Han Sans SC",
-        "WenQuanYi Zen Hei",
-        "WenQuanYi Micro Hei",
-        "SimHei",
-        "Microsoft YaHei",
-        "PingFang SC",
-        "Heiti SC",
-        "AR PL UMing CN",
-    )
-    installed = {font.name for font in font_manager.fontManager.ttflist}
-    return [name for name in wanted if name in installed]
-
-
+@with_plot_fonts
 def plot_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], path: str | Path) -> None:
     """Confusion heat map (rows gold, columns predicted) with counts in the cells, written atomically as PNG.
 
-    Colour is each gold row normalised (recall per cell), so small classes stay readable. Label names a
-    font cannot draw (e.g. Chinese without a CJK font) render as boxes instead of failing.
+    Colour is each gold row normalised (recall per cell), so small classes stay readable. Label names in
+    Chinese draw in the CJK font ``fonts.plot_fonts`` chooses.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -92,32 +74,26 @@ def plot_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], pa
     shares = counts / np.maximum(totals, 1)  # row-normalised colour, 0..1
     k = len(labels)
     side = min(3.0 + 0.6 * k, 24.0)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*[Gg]lyph.*missing.*")
-        warnings.filterwarnings("ignore", message=r".*missing from font.*")
-        import matplotlib
-
-        with matplotlib.rc_context({"font.family": ["DejaVu Sans", *_cjk_fonts()]}):
-            fig = Figure(figsize=(side + 1.2, side), dpi=100)
-            FigureCanvasAgg(fig)
-            ax = fig.add_subplot()
-            image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of gold row")
-            ax.set_xticks(
-                range(k), labels=list(labels), rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center"
-            )
-            ax.set_yticks(range(k), labels=list(labels))
-            ax.set_xlabel("predicted")
-            ax.set_ylabel("gold")
-            ax.set_title("confusion matrix")
-            if k <= 30:  # beyond that the numbers are unreadable anyway
-                for i in range(k):
-                    for j in range(k):
-                        colour = "white" if shares[i, j] > 0.5 else "black"
-                        ax.text(j, i, str(counts[i, j]), ha="center", va="center", color=colour, fontsize=9)
-            fig.tight_layout()
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, format="png")
+    fig = Figure(figsize=(side + 1.2, side), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of gold row")
+    ax.set_xticks(
+        range(k), labels=list(labels), rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center"
+    )
+    ax.set_yticks(range(k), labels=list(labels))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    ax.set_title("confusion matrix")
+    if k <= 30:  # beyond that the numbers are unreadable anyway
+        for i in range(k):
+            for j in range(k):
+                colour = "white" if shares[i, j] > 0.5 else "black"
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", color=colour, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def prediction_rows(

@@ -16,6 +16,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from glmtune.core.runs import RunDir, atomic_path, atomic_write_jsonl
+from glmtune.metrics.fonts import with_plot_fonts
 
 SMOOTHING = 0.9  # progress bar: weight of the past in the loss and tokens/s averages
 # Validation keys that are bookkeeping, not metrics to plot.
@@ -214,6 +215,7 @@ def _save(fig: Any, path: str | Path) -> None:
         fig.savefig(tmp, format="png")
 
 
+@with_plot_fonts
 def plot_curves(
     log_path: str | Path,
     loss_png: str | Path,

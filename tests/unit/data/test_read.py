@@ -154,11 +154,11 @@ def test_file_not_found_and_folder(tmp_path):
 
 
 def test_unknown_extension_names_the_supported_ones(tmp_path):
-    path = write(tmp_path, "d.xlsx", "x")
+    path = write(tmp_path, "d.xls", "x")
     message = error_of(read_records, path)
     assert (
         message
-        == f"{path}: unsupported file type '.xlsx'; expected one of: .jsonl, .json, .csv, .tsv, .parquet"
+        == f"{path}: unsupported file type '.xls'; expected one of: .jsonl, .json, .csv, .tsv, .parquet, .xlsx"
     )
 
 

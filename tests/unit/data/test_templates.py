@@ -360,10 +360,14 @@ def test_templates_the_tokenizer_lacks_are_user_errors(tokenizers):
     message = error_of(encode_conversation, tokenizers["chatml"], SINGLE, "llama3", max_seq_len=64)
     assert "template 'llama3' needs <|start_header_id|>, <|end_header_id|>, <|eot_id|>" in message
     assert "unknown template 'chatlm'" in error_of(stop_ids, tokenizers["chatml"], "chatlm")
-    assert "no format for tools" in error_of(
+    # tools a template cannot render are refused, never dropped (tests/unit/data/test_tools.py)
+    assert "template 'gemma' cannot render" in error_of(
         encode_conversation, tokenizers["gemma"], TOOLS, "gemma", max_seq_len=64
     )
     message = error_of(encode_conversation, tokenizers["gemma"], TOOLS, "auto", max_seq_len=64)
+    assert "template 'auto' (the tokenizer's own chat template) cannot render" in message
+    twice = Conversation([Message("user", "a"), Message("user", "b"), Message("assistant", "c")])
+    message = error_of(encode_conversation, tokenizers["gemma"], twice, "auto", max_seq_len=64)
     assert "chat template refuses this conversation: Conversation roles must alternate" in message
     assert "needs ChatGLM3's own tokenizer" in error_of(resolve_template, tokenizers["chatml"], "chatglm3")
     assert set(template_names()) == {"chatglm3", "chatml", "gemma", "llama3", "plain"}

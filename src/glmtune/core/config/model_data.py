@@ -6,6 +6,8 @@ Each field's docstring is its entry in ``docs/config.md`` (``python -m glmtune.c
 
 from __future__ import annotations
 
+import codecs
+import difflib
 from dataclasses import dataclass, field
 
 from glmtune.core.config.choices import (
@@ -17,6 +19,31 @@ from glmtune.core.config.choices import (
     _positive,
 )
 from glmtune.core.errors import UserError
+
+# ``data.columns`` keys: the fields glmtune reads (classification, alpaca, prompt/completion, conversations), then
+# LLaMA-Factory's tags: the keys and role names inside each conversation turn.
+DATA_COLUMNS = (
+    "text",
+    "label",
+    "instruction",
+    "input",
+    "output",
+    "system",
+    "history",
+    "prompt",
+    "completion",
+    "messages",
+    "tools",
+)
+DATA_TAGS = (
+    "role_tag",
+    "content_tag",
+    "user_tag",
+    "assistant_tag",
+    "system_tag",
+    "observation_tag",
+    "function_tag",
+)
 
 
 @dataclass
@@ -229,6 +256,31 @@ class DataConfig:
     """sft: several short conversations per ``train.max_seq_len`` row, each attending only to itself (refused for
     models that ignore packed positions, e.g. native ChatGLM3)."""
 
+    columns: dict[str, str] | None = None
+    """Your files' own names for the fields glmtune reads, for every task and format, e.g. ``{instruction: question,
+    input: context, output: answer}`` (alpaca), ``{text: review, label: stars}`` (classification), ``{prompt: q,
+    completion: a}``, or for conversations ``{messages: dialog, system: sys, tools: functions, role_tag: speaker,
+    content_tag: text, user_tag: customer, assistant_tag: agent}`` (the ``*_tag`` keys are LLaMA-Factory's tags:
+    the keys of each turn and its role names, plus ``system_tag``, ``observation_tag``, ``function_tag``)."""
+
+    dataset_info: str | None = None
+    """A LLaMA-Factory ``dataset_info.json``: ``data.dataset`` (and each ``train_files`` entry's ``dataset``) then
+    names one of its datasets, read from its ``file_name`` (relative to the JSON's folder) with its ``formatting``,
+    ``columns`` and ``tags``, as LLaMA-Factory reads it."""
+
+    encoding: str = "auto"
+    """Text encoding of CSV, TSV, JSON and JSONL files. ``auto``: UTF-8 (with or without a byte-order mark), UTF-16
+    with a byte-order mark, else GB18030 (a superset of GBK, what Excel on Chinese Windows saves), the choice logged
+    when it is not UTF-8; or a Python codec name such as ``gbk``, ``big5``, ``utf-16``."""
+
+    sheet: str | None = None
+    """``.xlsx`` files: the sheet to read, by name (or by 0-based position); unset: the first sheet."""
+
+    dedup_across_splits: bool = False
+    """Remove from training every example that is also in the validation or test split (compared with whitespace,
+    punctuation and case normalised). The overlap is always counted and warned about (the data summary's
+    ``leakage``); this removes it."""
+
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     """Noisy copies of the training split only: the ``data.augment`` section."""
 
@@ -249,6 +301,43 @@ class DataConfig:
         _positive(self.test_size, "data.test_size", allow_zero=True)
         _positive(self.max_train_samples, "data.max_train_samples")
         _positive(self.max_eval_samples, "data.max_eval_samples")
+        self._check_columns()
+        if self.encoding != "auto":
+            try:
+                codecs.lookup(self.encoding)
+            except LookupError:
+                raise UserError(
+                    f"unknown encoding {self.encoding!r}",
+                    field="data.encoding",
+                    expected="auto, or a Python codec name such as utf-8, gb18030, gbk, big5, utf-16",
+                ) from None
+        if self.dataset_info is not None:
+            named = self.dataset is not None or any(s.dataset for s in self.train_files or [])
+            if not named:
+                raise UserError(
+                    "data.dataset_info is set, but no dataset of it is named",
+                    field="data.dataset",
+                    expected="the name of one of its datasets (or data.train_files entries with dataset:)",
+                )
+
+    def _check_columns(self) -> None:
+        """Known keys only (the nearest valid key named), non-empty names, text/label not set twice."""
+        valid = DATA_COLUMNS + DATA_TAGS
+        for key, name in (self.columns or {}).items():
+            if key not in valid:
+                near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+                hint = f"'{near[0]}'" if near else "one of: " + ", ".join(valid)
+                raise UserError(f"unknown key '{key}'", field="data.columns", expected=hint)
+            if not name.strip():
+                raise UserError("empty name", field=f"data.columns.{key}", expected="a column or key name")
+        for key, old in (("text", self.text_column), ("label", self.label_column)):
+            given = (self.columns or {}).get(key)
+            if given is not None and old != key and given != old:
+                raise UserError(
+                    f"data.columns.{key} is {given!r} but data.{key}_column is {old!r}",
+                    field=f"data.columns.{key}",
+                    expected="one of the two settings",
+                )
 
 
 @dataclass

@@ -20,11 +20,14 @@ class ChatFormat(Protocol):
     """A template bound to a tokenizer, as ``resolve_template`` returns it (the SFT task, ``infer``, the server).
 
     ``name``: the template's name (``describe``, logs). ``parses_tool_calls``: ``parse_reply`` can read a reply
-    back as a tool call ``{"name", "parameters"}`` (else it always gives ``{"content"}``).
+    back as a tool call ``{"name", "parameters"}`` (else it always gives ``{"content"}``). ``renders_tools``:
+    tool schemas, tool calls and tool results are written into the ids (else a conversation with any of them is
+    refused, never encoded without them).
     """
 
     name: str
     parses_tool_calls: bool
+    renders_tools: bool
 
     def encode(
         self, tokenizer: Any, messages: Sequence[Message], tools: list | None, train_on_prompt: bool
@@ -78,6 +81,11 @@ def tokenizer_chat_format(tokenizer: Any) -> TokenizerChatFormat | None:
     return hook() if callable(hook) else None
 
 
+def uses_tools(messages: Sequence[Message], tools: Sequence[Any] | None) -> bool:
+    """Whether a conversation has tool schemas, tool calls or tool results."""
+    return bool(tools) or any(m.role == "tool" or m.tool_calls for m in messages)
+
+
 def tokenize(tokenizer: Any, text: str) -> list[int]:
     """Exactly how ``apply_chat_template(tokenize=True)`` tokenizes a rendered conversation."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -128,4 +136,5 @@ __all__ = [
     "special_ids",
     "tokenize",
     "tokenizer_chat_format",
+    "uses_tools",
 ]

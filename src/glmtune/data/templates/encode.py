@@ -3,7 +3,8 @@
 Truncation never cuts through a turn: early rounds (a user turn and everything up to the next user turn) are
 dropped whole, oldest first, keeping the system message and tools, until the rest fits ``max_seq_len``. When
 not even the last round fits, the example is dropped (``EncodedConversation.dropped``) and counted, never
-mangled.
+mangled. Tools are never dropped either: a conversation with tool schemas, calls or results and a template
+that cannot render them is an error at its file and line, naming the templates that can.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any, NamedTuple
 
 from glmtune.core.errors import UserError
 from glmtune.data.conversation import Conversation, Message
-from glmtune.data.templates.resolve import resolve_template
+from glmtune.data.read import where
+from glmtune.data.templates.base import uses_tools
+from glmtune.data.templates.resolve import resolve_template, tool_templates
 
 
 class EncodedConversation(NamedTuple):
@@ -48,6 +51,21 @@ def _rounds(messages: Sequence[Message]) -> tuple[list[Message], list[list[Messa
     return system, rounds
 
 
+def _tools_refused(tokenizer: Any, fmt: Any, at: dict[str, Any]) -> UserError:
+    """The error for tools that ``fmt`` cannot render (``at``: the conversation's file and line)."""
+    own = " (the tokenizer's own chat template)" if fmt.name == "auto" else ""
+    able = tool_templates(tokenizer)
+    return UserError(
+        f"the conversation has tools, tool calls or tool results, which template '{fmt.name}'{own} cannot "
+        "render (they would be lost)",
+        **at,
+        field="template",
+        expected="a template that renders tools: " + ", ".join(able)
+        if able
+        else "a model whose chat template renders tools (no template renders them with this tokenizer)",
+    )
+
+
 def encode_conversation(
     tokenizer: Any,
     conv: Conversation,
@@ -64,7 +82,10 @@ def encode_conversation(
     """
     if max_seq_len < 1:
         raise UserError(f"got {max_seq_len}", field="train.max_seq_len", expected="a positive number")
-    fmt = resolve_template(tokenizer, template) if isinstance(template, str) else template
+    with_tools = uses_tools(conv.messages, conv.tools)
+    fmt = resolve_template(tokenizer, template, tools=with_tools) if isinstance(template, str) else template
+    if with_tools and not fmt.renders_tools:
+        raise _tools_refused(tokenizer, fmt, where(conv.source, conv.line) if conv.source else {})
     system, rounds = _rounds(conv.messages)
 
     def encode_from(first: int) -> tuple[list[int], list[int]]:
@@ -97,7 +118,8 @@ def encode_conversations(
     train_on_prompt: bool = False,
 ) -> EncodedConversations:
     """Every conversation that fits (in order), with counts of the truncated and the dropped ones."""
-    fmt = resolve_template(tokenizer, template)
+    with_tools = any(uses_tools(conv.messages, conv.tools) for conv in conversations)
+    fmt = resolve_template(tokenizer, template, tools=with_tools)
     examples, truncated, dropped = [], 0, 0
     for conv in conversations:
         encoded = encode_conversation(
@@ -124,7 +146,11 @@ def encode_prompt(
     if isinstance(messages, Conversation):
         tools = messages.tools if tools is None else tools
         messages = messages.messages
-    return resolve_template(tokenizer, template).prompt(list(messages), tools)
+    with_tools = uses_tools(messages, tools)
+    fmt = resolve_template(tokenizer, template, tools=with_tools)
+    if with_tools and not fmt.renders_tools:
+        raise _tools_refused(tokenizer, fmt, {})
+    return fmt.prompt(list(messages), tools)
 
 
 def stop_ids(tokenizer: Any, template: str = "auto") -> list[int]:

@@ -25,6 +25,7 @@ class TokenizerFormat:
         self.provided = provided
         self.name = provided.name
         self.parses_tool_calls = bool(provided.parses_tool_calls)
+        self.renders_tools = True  # a model's own format builds its tool turns (registry.tool_template_names)
         self.family = TOKENIZER_FORMATS.get(provided.name, provided.name)
 
     def _call(self, method: Callable, messages: Sequence[Message], tools: list | None) -> Any:

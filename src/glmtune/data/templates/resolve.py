@@ -24,17 +24,22 @@ def _tokenizer_format(tokenizer: Any, name: str) -> TokenizerFormat:
     return TokenizerFormat(provided)
 
 
-def resolve_template(tokenizer: Any, template: str = "auto") -> ChatFormat:
+def resolve_template(tokenizer: Any, template: str = "auto", *, tools: bool = False) -> ChatFormat:
     """The format ``template`` names, bound to ``tokenizer``; a template the tokenizer lacks is a UserError.
 
     ``auto``: the tokenizer's Jinja ``chat_template`` if it has one, else the format the tokenizer provides
     itself (``chat_format()``, a model whose chat format lives in its tokenizer class); any other tokenizer
-    without a chat template is an error.
+    without a chat template is an error. With ``tools`` (the data has tools), ``auto`` prefers whichever of
+    the two renders them; when neither does, encoding a conversation with tools is refused
+    (``encode.encode_conversation``, naming ``tool_templates``).
     """
     if template == "auto":
-        if getattr(tokenizer, "chat_template", None):
-            return JinjaFormat(tokenizer)
         provided = tokenizer_chat_format(tokenizer)
+        if getattr(tokenizer, "chat_template", None):
+            jinja = JinjaFormat(tokenizer)
+            if tools and not jinja.renders_tools and provided is not None:
+                return TokenizerFormat(provided)
+            return jinja
         if provided is not None:
             return TokenizerFormat(provided)
         raise UserError(
@@ -54,4 +59,22 @@ def resolve_template(tokenizer: Any, template: str = "auto") -> ChatFormat:
     return BuiltinFormat(templates[template], tokenizer)
 
 
-__all__ = ["resolve_template"]
+def tool_templates(tokenizer: Any) -> list[str]:
+    """The ``data.template`` values that render tools with this tokenizer (``auto`` when its own template does)."""
+    names = []
+    if getattr(tokenizer, "chat_template", None) and JinjaFormat(tokenizer).renders_tools:
+        names.append("auto")
+    provided = tokenizer_chat_format(tokenizer)
+    if provided is not None:
+        names.append(provided.name)
+    for name, template in builtin_templates().items():
+        if template.tools is not None:
+            try:
+                BuiltinFormat(template, tokenizer)
+            except UserError:  # the tokenizer lacks its special tokens
+                continue
+            names.append(name)
+    return list(dict.fromkeys(names))
+
+
+__all__ = ["resolve_template", "tool_templates"]

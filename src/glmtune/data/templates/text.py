@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
 
 from glmtune.core.errors import UserError
@@ -36,6 +37,7 @@ class TextFormat:
     tokenizer: Any
     end_ids: set[int]  # tokens that end an assistant turn (learned; generation stops on them)
     parses_tool_calls = False  # a reply is text: tool calls are not parsed back from text formats
+    renders_tools: bool  # see base.ChatFormat
 
     def render(self, messages: Sequence[Message], tools: list | None, add_generation_prompt: bool) -> str:
         raise NotImplementedError
@@ -103,6 +105,7 @@ class BuiltinFormat(TextFormat):
 
     def __init__(self, template: Template, tokenizer: Any):
         self.name, self.template, self.tokenizer = template.name, template, tokenizer
+        self.renders_tools = template.tools is not None
         missing = [token for token in template.special_tokens if single_token_id(tokenizer, token) is None]
         if missing:
             raise UserError(
@@ -220,6 +223,26 @@ class JinjaFormat(TextFormat):
                 expected="a conversation the template supports, or a built-in template: "
                 + ", ".join(template_names()),
             ) from None
+
+    @cached_property
+    def renders_tools(self) -> bool:  # type: ignore[override]
+        """Whether the Jinja template writes a tool's schema, a call's arguments and a result (a probe)."""
+        call = {
+            "type": "function",
+            "function": {"name": "glmtune_probe", "arguments": {"q": "glmtune_argument"}},
+        }
+        schema = {"name": "glmtune_probe", "description": "glmtune_schema", "parameters": {"type": "object"}}
+        probe = [
+            Message("user", "Hi"),
+            Message("assistant", "", [call]),
+            Message("tool", "glmtune_result"),
+            Message("assistant", "Hello"),
+        ]
+        try:
+            text = self.render(probe, [{"type": "function", "function": schema}], False)
+        except Exception:  # a template that refuses tools (raise_exception, or fails on them)
+            return False
+        return all(mark in text for mark in ("glmtune_schema", "glmtune_argument", "glmtune_result"))
 
     def _probe_end_of_turn(self) -> list[int]:
         """The special token that closes an assistant turn in this template (found on a probe conversation)."""
