@@ -73,3 +73,20 @@ def test_the_deadline_counts_the_next_step_its_evaluation_and_the_final_one():
     t[0] = 16.0
     assert not deadline.next_step_fits(evaluates=False)
     assert deadline.seconds_left() == 34.0
+
+
+def test_a_resumed_run_gets_what_is_left_of_its_budget():
+    from types import SimpleNamespace
+
+    from glmtune.train.budget import resume_budget
+    from glmtune.train.loop import TrainerState
+
+    costs = {"step": 2.0, "evaluation": 5.0, "final": 20.0, "calibration": 3.0}
+    state = TrainerState(step=10, budget={"seconds": 180.0, "elapsed": 130.0, "costs": costs})
+    session = SimpleNamespace(state=state, deadline=None, notes=[])
+    resume_budget(session, clock=lambda: 1000.0)
+    assert session.deadline.seconds_left() == 50.0 and session.deadline.costs == Costs(**costs)
+    assert session.notes == ["time budget: 50 s of 180 s left"]
+    unbudgeted = SimpleNamespace(state=TrainerState(step=10), deadline=None, notes=[])
+    resume_budget(unbudgeted)
+    assert unbudgeted.deadline is None and unbudgeted.notes == []
