@@ -106,6 +106,28 @@ def test_weighted_train_files_and_packing(tmp_path, tiny_model_dir, chat_file):
 
 
 @pytest.mark.usefixtures("reset_accelerate")
+@pytest.mark.parametrize("generation", [2, "none"])
+def test_eval_generation_schedules_generated_metrics(tmp_path, tiny_model_dir, chat_file, generation):
+    """Loss at every evaluation; replies at every 2nd evaluation during training and at the end (2), or never."""
+    data = {"train_file": str(chat_file)}
+    cfg = sft_config(tiny_model_dir, data, train={"eval_steps": 1}, eval={"generation": generation})
+    run = train(tmp_path, cfg)
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    validation = [r for r in log if r["split"] == "validation"]
+    assert [r["step"] for r in validation] == [1, 2] and all(r["loss"] > 0 for r in validation)
+    metrics = json.loads((run / "metrics.json").read_text())
+    if generation == 2:
+        assert [r["rougeL_char"] is not None for r in validation] == [False, True]
+        assert all(key in metrics[split] for key in GENERATION_KEYS for split in ("before", "after", "test"))
+    else:
+        assert all("rougeL_char" not in r for r in validation)
+        assert not any(
+            key in metrics[split] for key in GENERATION_KEYS for split in ("before", "after", "test")
+        )
+        assert metrics["after"]["loss"] > 0 and not (run / "predictions.jsonl").exists()
+
+
+@pytest.mark.usefixtures("reset_accelerate")
 def test_predict_and_chat_reuse_the_run(tmp_path, tiny_model_dir, chat_file, capsys):
     run = train(tmp_path, sft_config(tiny_model_dir, {"train_file": str(chat_file)}))
     prompts = write_jsonl(
@@ -194,8 +216,10 @@ def test_resume_from_a_checkpoint_gives_the_same_run(tmp_path, tiny_model_dir, c
 
 
 def test_two_processes_under_accelerate_launch(tmp_path, tiny_model_dir, chat_file):
-    """Loss gathered once per example, generation shared out over processes and gathered in order."""
-    cfg = sft_config(tiny_model_dir, {"train_file": str(chat_file)}, train={"max_steps": 2, "batch_size": 4})
+    """Loss gathered once per example, generation shared out over processes and gathered in order; a time
+    budget is planned on every process and they agree (the smallest plan; here max_steps caps it)."""
+    train_cfg = {"max_steps": 2, "batch_size": 4, "time_budget": "1h"}
+    cfg = sft_config(tiny_model_dir, {"train_file": str(chat_file)}, train=train_cfg)
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
     out = tmp_path / "ddp"
@@ -210,7 +234,8 @@ def test_two_processes_under_accelerate_launch(tmp_path, tiny_model_dir, chat_fi
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["test"]["n"] == 6 and metrics["before"]["n"] == 6
+    assert metrics["test"]["n"] == 6 and metrics["before"]["n"] == 6 and metrics["steps"] == 2
+    assert (out / "config.yaml").read_text().startswith("# train.time_budget 1h:")
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 6
     test_refs = [r["reference"] for r in rows]

@@ -188,7 +188,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         batch_wait_s=args.batch_wait_ms / 1000,
     )
     options = dict(host=args.host, port=args.port, api_key=args.api_key, template=args.template)
-    serve(args.targets, limits=limits, **options)
+    serve(args.targets, limits=limits, allowed_hosts=args.allowed_hosts, **options)
 
 
 __all__ = ["cmd_chat", "cmd_ensemble", "cmd_eval", "cmd_export", "cmd_predict", "cmd_serve"]

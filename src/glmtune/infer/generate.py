@@ -80,7 +80,8 @@ class Generated:
 # --------------------------------------------------------------------------- shared pieces
 
 
-def _stop_ids(tokenizer: Any, cfg: GenerationConfig) -> list[int]:
+def resolve_stop_ids(tokenizer: Any, cfg: GenerationConfig) -> list[int]:
+    """``cfg.stop_ids`` without repeats, else the tokenizer's EOS."""
     if cfg.stop_ids:
         return list(dict.fromkeys(int(i) for i in cfg.stop_ids))
     eos = getattr(tokenizer, "eos_token_id", None)
@@ -201,7 +202,8 @@ def left_padded(prompts_ids: Sequence[Sequence[int]], pad_id: int, device: torch
     return input_ids.to(device), attention_mask.to(device)
 
 
-def _check_prompts(prompts_ids: Sequence[Sequence[int]]) -> None:
+def check_prompts(prompts_ids: Sequence[Sequence[int]]) -> None:
+    """ValueError for no prompts or an empty one."""
     if not prompts_ids:
         raise ValueError("no prompts")
     if any(len(ids) == 0 for ids in prompts_ids):
@@ -221,8 +223,8 @@ def generate(
     """
     from glmtune.models.load import pad_token_id
 
-    _check_prompts(prompts_ids)
-    stop_ids = _stop_ids(tokenizer, cfg)
+    check_prompts(prompts_ids)
+    stop_ids = resolve_stop_ids(tokenizer, cfg)
     device = _device(model)
     input_ids, attention_mask = left_padded(prompts_ids, pad_token_id(tokenizer), device)
     with _seeded(cfg, device):
@@ -279,9 +281,9 @@ class TextStream:
 
         from glmtune.models.load import pad_token_id
 
-        _check_prompts([prompt_ids])
+        check_prompts([prompt_ids])
         self.tokenizer, self.cfg = tokenizer, cfg
-        self.stop_ids = _stop_ids(tokenizer, cfg)
+        self.stop_ids = resolve_stop_ids(tokenizer, cfg)
         self.result: Generated | None = None
         self._tokens = _TokenQueue()
         self._cancel = _Cancelled()
@@ -364,10 +366,12 @@ __all__ = [
     "GenerationConfig",
     "Generated",
     "TextStream",
+    "check_prompts",
     "finish",
     "generate",
     "hf_generation_config",
     "left_padded",
+    "resolve_stop_ids",
     "stream",
     "visible_text",
 ]

@@ -65,29 +65,24 @@ def generate_replies(
     autocast: Any = nullcontext,
     progress: bool = False,
 ) -> list[Any]:
-    """``generate.Generated`` replies for token-id prompts, in order: longest prompts first in batches of
-    ``batch_size`` (little padding), one ``model.generate`` per batch."""
+    """``generate.Generated`` replies for token-id prompts, in order, ``batch_size`` rows at a time.
+
+    Greedy replies go through ``continuous.generate_many`` (finished rows leave the batch, freed rows take the next
+    prompt); anything else through one ``model.generate`` per length-sorted batch. Either way a reply equals the
+    one its prompt gets alone."""
     from tqdm.auto import tqdm
 
-    from glmtune.infer.generate import generate
+    from glmtune.infer.continuous import generate_many
 
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    replies: list[Any] = [None] * len(prompts)
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress, dynamic_ncols=True)
     try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            with torch.no_grad(), autocast():
-                outputs = generate(model, tokenizer, [prompts[i] for i in chunk], gen_cfg)
-            for index, reply in zip(chunk, outputs):
-                replies[index] = reply
-            bar.update(len(chunk))
+        with torch.no_grad(), autocast():
+            return generate_many(model, tokenizer, prompts, gen_cfg, batch_size, on_done=bar.update)
     finally:
         bar.close()
         model.train(was_training)
-    return replies
 
 
 def prompt_ids(tokenizer: Any, messages: list[Any], tools: Any, template: str, max_len: int) -> list[int]:
@@ -240,10 +235,11 @@ def reply_all(
 
 @torch.no_grad()
 def conversation_loss(loaded: LoadedLM, conversations: list[Conversation]) -> float:
-    """Token-mean next-token loss over the learned tokens of every conversation that fits ``max_seq_len``."""
+    """Token-mean next-token loss over the learned tokens of every conversation that fits ``max_seq_len`` (the LM
+    head on learned positions only where the model allows it, as the SFT task evaluates)."""
     from glmtune.data.sft import make_sft_loader
     from glmtune.data.templates import encode_conversations
-    from glmtune.models.causal import token_losses
+    from glmtune.models.causal import accepts_learned_mask, learned_mask, token_losses
     from glmtune.models.load import pad_token_id
 
     cfg = loaded.cfg
@@ -256,13 +252,20 @@ def conversation_loss(loaded: LoadedLM, conversations: list[Conversation]) -> fl
     )
     loader = make_sft_loader(encoded.examples, cfg.eval.batch_size, pad_token_id(loaded.tokenizer))
     device = next(loaded.model.parameters()).device
+    learned_only = accepts_learned_mask(loaded.model)
     total, count = 0.0, 0
     for batch in loader:
+        labels = batch["labels"].to(device)
+        inputs = {
+            "input_ids": batch["input_ids"].to(device),
+            "attention_mask": batch["attention_mask"].to(device),
+        }
+        mask = learned_mask(labels) if learned_only else None  # [batch, seq]
+        if mask is not None:
+            inputs["logits_to_keep"] = mask
         with loaded.autocast():
-            logits = loaded.model(
-                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-            ).logits  # [batch, seq, vocab]
-        sums, counts = token_losses(logits, batch["labels"].to(device))  # [batch], [batch]
+            logits = loaded.model(**inputs).logits  # [learned, vocab] with a mask, else [batch, seq, vocab]
+        sums, counts = token_losses(logits, labels, 0.0, mask)  # [batch], [batch]
         total, count = total + sums.sum().item(), count + int(counts.sum())
     return total / count if count else float("nan")
 

@@ -6,6 +6,7 @@ Every module of sections imports from here (and nothing imports back), so the pa
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from glmtune.core.errors import UserError
@@ -59,7 +60,34 @@ def _choice(value: Any, allowed: tuple[str, ...], name: str) -> None:
 
 
 def _positive(value: float | int | None, name: str, *, allow_zero: bool = False) -> None:
+    """``value`` > 0 (or >= 0 with ``allow_zero``) and finite; None passes (an unset optional field)."""
     if value is None:
         return
-    if value < 0 or (value == 0 and not allow_zero):
-        raise UserError(f"got {value!r}", field=name, expected="a positive number")
+    expected = "a finite number >= 0" if allow_zero else "a finite positive number"
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise UserError(f"got {value!r}", field=name, expected=expected)
+
+
+def _between(
+    value: float | None,
+    name: str,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """``low <= value <= high`` (``low_open``/``high_open``: strictly); nan never passes; None passes."""
+    if value is None:
+        return
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    if not (above and below):  # False for nan
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise UserError(f"got {value!r}", field=name, expected=f"a number in {interval}")
+
+
+def _seed(value: int | None, name: str, bits: int = 32) -> None:
+    """A seed numpy and torch both take: an integer in [0, 2**bits); None passes (unset)."""
+    if value is not None and not 0 <= value < 2**bits:
+        raise UserError(f"got {value!r}", field=name, expected=f"an integer in [0, 2**{bits})")

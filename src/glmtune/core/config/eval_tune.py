@@ -8,8 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from glmtune.core.config.choices import METRICS, _choice, _positive
+from glmtune.core.config.choices import METRICS, _between, _choice, _positive, _seed
 from glmtune.core.errors import UserError
+
+GENERATION_SCHEDULES = ("end", "every", "none")  # eval.generation's words (else a positive integer)
 
 
 @dataclass
@@ -17,10 +19,36 @@ class EvalConfig:
     """Evaluation settings."""
 
     batch_size: int = 32
-    """Examples per batch when evaluating and predicting (validation, test, ``predict``, sft generation)."""
+    """Examples per batch when evaluating and predicting (validation, test, ``predict``; sft generation: replies
+    generated at a time)."""
+
+    generation: int | str = "end"
+    """sft: when validation replies are generated for the generation metrics (BLEU-4, ROUGE, exact match) — the
+    slow part of an evaluation on a CPU. ``end`` (the default): at the end only, on every conversation of the
+    validation split before training (the untuned model, metrics.json ``before``) and after it (``after``), and
+    on the whole test split; ``every``: also at each validation evaluation during training; an integer N: also at
+    every N-th of them (counted from this process's start); ``none``: never (loss and perplexity only). Loss and
+    perplexity come at every evaluation. A generation ``train.metric`` picks checkpoints by generated replies, so
+    it generates at every evaluation (and ``none`` is an error)."""
 
     def __post_init__(self) -> None:
         _positive(self.batch_size, "eval.batch_size")
+        if isinstance(self.generation, str) and self.generation.strip().isdigit():
+            self.generation = int(self.generation)
+        counted = isinstance(self.generation, int) and self.generation >= 1
+        if not (counted or self.generation in GENERATION_SCHEDULES):
+            raise UserError(
+                f"got {self.generation!r}",
+                field="eval.generation",
+                expected="end, every, none or a positive integer",
+            )
+
+    def generate_every(self) -> int | None:
+        """Validation evaluations during training between two that generate: 1 (``every``), N, or None (``end``,
+        ``none``: none during training)."""
+        if self.generation == "every":
+            return 1
+        return self.generation if isinstance(self.generation, int) else None
 
 
 @dataclass
@@ -53,8 +81,8 @@ class GenerateConfig:
         _positive(self.temperature, "generate.temperature")
         _positive(self.repetition_penalty, "generate.repetition_penalty")
         _positive(self.top_k, "generate.top_k", allow_zero=True)
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"got {self.top_p}", field="generate.top_p", expected="a number in (0, 1]")
+        _between(self.top_p, "generate.top_p", 0, 1, low_open=True)
+        _seed(self.seed, "generate.seed", bits=64)
 
 
 @dataclass
@@ -97,6 +125,7 @@ class TuneConfig:
         _choice(self.pruner, ("median", "none"), "tune.pruner")
         _positive(self.startup_trials, "tune.startup_trials", allow_zero=True)
         _positive(self.warmup_steps, "tune.warmup_steps", allow_zero=True)
+        _seed(self.seed, "tune.seed")
         if not isinstance(self.space, dict):
             raise UserError(
                 f"got {self.space!r}", field="tune.space", expected="a mapping of config keys to ranges"

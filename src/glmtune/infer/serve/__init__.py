@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import signal
 import socket
@@ -49,26 +50,34 @@ def serve(
     limits=None,
     template: str | None = None,
     log_level: str = "info",
+    allowed_hosts: list[str] | None = None,
 ) -> None:
     """Bind, load every target, print where it serves, and serve until SIGINT/SIGTERM (uvicorn's graceful
-    shutdown: no new connections, in-flight requests finish, then the worker drains and stops)."""
+    shutdown: no new connections, in-flight requests finish, then the worker drains and stops).
+
+    ``allowed_hosts``: ``Host`` names answered besides the loopback ones and ``host`` itself (when it is not a
+    wildcard address); ``["*"]`` answers any."""
     import uvicorn
 
     from glmtune.infer.serve.app import Limits, create_app
+    from glmtune.infer.serve.guard import check_api_key
     from glmtune.infer.serve.registry import load_models
 
     limits = limits or Limits()
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    check_api_key(api_key)  # before the port and the models: a key no client could send is one line, now
+    hosts = [*(allowed_hosts or ()), *([] if host in ("0.0.0.0", "::", "") else [host])]
     sock = bind(host, port)
     try:
         served = load_models(targets, template)
-        app = create_app(served, limits, api_key)
+        app = create_app(served, limits, api_key, hosts)
         config = uvicorn.Config(
             app,
             log_level=log_level,
             timeout_graceful_shutdown=int(limits.timeout_s) + 5,
             h11_max_incomplete_event_size=limits.max_body_bytes,
         )
+        hide_query_strings()
         bound_host, bound_port = sock.getsockname()[:2]
         names = ", ".join(served)
         auth = " (API key required)" if api_key else ""
@@ -77,6 +86,24 @@ def serve(
             uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
+
+
+class _NoQueryStrings(logging.Filter):
+    """uvicorn's access-log line without the query string: a key or token sent as ``?api_key=...`` stays out of
+    the log. uvicorn logs ``(client, method, path?query, http_version, status)``; the path keeps its place."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], args[2].partition("?")[0], *args[3:])
+        return True
+
+
+def hide_query_strings() -> None:
+    """Drop query strings from uvicorn's access log (once per process; after ``uvicorn.Config`` set up logging)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(existing, _NoQueryStrings) for existing in access.filters):
+        access.addFilter(_NoQueryStrings())
 
 
 @contextlib.contextmanager
@@ -98,4 +125,4 @@ def _exit_zero_after_signals():
             signal.signal(sig, handler)
 
 
-__all__ = ["API_KEY_ENV", "bind", "serve"]
+__all__ = ["API_KEY_ENV", "bind", "hide_query_strings", "serve"]

@@ -2,8 +2,9 @@
 
 ``GET /health`` · ``GET /v1/models`` · ``POST /v1/chat/completions`` · ``POST /v1/completions`` ·
 ``POST /v1/classify`` (glmtune's extension). Every error is OpenAI's error object with a 4xx status (a 500 only
-for a bug in glmtune, without a traceback): bad JSON or types 400, missing or wrong API key 401, unknown model 404,
-timeout 408, body too large 413, queue full 429. This module wires routes, middleware and the worker's lifespan;
+for a bug in glmtune, without a traceback): bad JSON or types 400, a ``Host`` not allowed 400, missing or wrong API
+key 401 (every path but ``/health``, ``/openapi.json`` included; no ``/docs``), unknown model 404, timeout 408, body
+too large 413, queue full 429. This module wires routes, middleware and the worker's lifespan;
 handlers.py does each endpoint's work, replies.py builds responses, limits.py holds ``Limits``.
 """
 
@@ -17,7 +18,7 @@ from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
 from glmtune.infer.serve import protocol as p
-from glmtune.infer.serve.guard import APIError, Guard, install_error_handlers
+from glmtune.infer.serve.guard import APIError, Guard, check_api_key, host_names, install_error_handlers
 from glmtune.infer.serve.handlers import Handlers
 from glmtune.infer.serve.limits import Limits
 from glmtune.infer.serve.registry import ServedModel
@@ -26,10 +27,15 @@ from glmtune.infer.serve.scheduler import Scheduler
 
 
 def create_app(
-    served: dict[str, ServedModel], limits: Limits | None = None, api_key: str | None = None
+    served: dict[str, ServedModel],
+    limits: Limits | None = None,
+    api_key: str | None = None,
+    allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
-    """The app over loaded models (``serve.registry.load_models``); its lifespan starts and drains the worker."""
+    """The app over loaded models (``serve.registry.load_models``); its lifespan starts and drains the worker.
+    ``allowed_hosts``: ``Host`` names answered besides the loopback ones (``guard.host_names``)."""
     limits = limits or Limits()
+    check_api_key(api_key)
     scheduler = Scheduler(
         {name: model.runner() for name, model in served.items()},
         max_batch_size=limits.max_batch_size,
@@ -45,7 +51,8 @@ def create_app(
 
     app = FastAPI(title="glmtune", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.scheduler, app.state.served, app.state.limits = scheduler, served, limits
-    app.add_middleware(Guard, api_key=api_key, max_bytes=limits.max_body_bytes)
+    hosts = host_names(allowed_hosts or ())
+    app.add_middleware(Guard, api_key=api_key, max_bytes=limits.max_body_bytes, allowed_hosts=hosts)
     install_error_handlers(app)
     api = Handlers(served, limits, scheduler)
 

@@ -14,13 +14,19 @@ and the left padding stay transformers' (and ``generate.left_padded``):
   when its reader cancelled, and delivers the row's final ``generate.finish`` result at once, not when the
   batch ends. transformers pads finished rows and stops when every row is done.
 
+One row never fails the others: a row whose settings cannot be built (a seed past 64 bits, a temperature the
+warpers refuse) gets its error before the batch starts, a row whose probabilities turn non-finite gets its error at
+that step and is padded like a finished row, and when the whole ``generate`` call fails anyway, every row that has
+shown nothing yet is run again alone (so only the culprit gets the error).
+
 Knows tokens, not HTTP: readers are ``Row``s (``serve.engine.Job`` implements them).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,6 +46,8 @@ from glmtune.infer.generate import (
     left_padded,
     visible_text,
 )
+
+log = logging.getLogger("glmtune.serve")
 
 
 @dataclass
@@ -75,43 +83,71 @@ class Row(Protocol):
     def is_cancelled(self) -> bool: ...
 
 
+@dataclass
+class _Sampling:
+    """One sampling row's own warpers and ``torch.Generator`` (seeded by its request)."""
+
+    warpers: LogitsProcessorList
+    generator: torch.Generator
+
+    @classmethod
+    def of(cls, request: RowRequest, device: torch.device) -> _Sampling | None:
+        """None for a greedy row; raises for settings sampling cannot use (transformers' warpers check theirs)."""
+        if not request.samples:
+            return None
+        warpers = LogitsProcessorList([TemperatureLogitsWarper(request.temperature)])
+        if request.top_k > 0:
+            warpers.append(TopKLogitsWarper(request.top_k))
+        if request.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(request.top_p))
+        seed = request.seed if request.seed is not None else int.from_bytes(os.urandom(7), "little")
+        return cls(warpers, torch.Generator(device=device).manual_seed(seed))
+
+
+_NOT_FINITE = "sampling probabilities are not finite (temperature, top_p or the model's logits)"
+
+
 class _RowSampler(LogitsProcessor):
-    """Per-row sampling inside a greedy ``generate``: sampled rows become one-hot scores (see the module notes)."""
+    """Per-row sampling inside a greedy ``generate``: sampled rows become one-hot scores (see the module notes).
 
-    def __init__(self, requests: Sequence[RowRequest], device: torch.device):
-        self.requests = requests
-        self.generators: list[torch.Generator | None] = []
-        for request in requests:
-            if not request.samples:
-                self.generators.append(None)
-                continue
-            seed = request.seed if request.seed is not None else int.from_bytes(os.urandom(7), "little")
-            self.generators.append(torch.Generator(device=device).manual_seed(seed))
-        self.warpers = [self._warpers(request) for request in requests]
+    A row whose probabilities are not a distribution (NaN or inf from its temperature or the model) is handed to
+    ``fail`` and left alone from then on; it is checked here, not by ``torch.multinomial``, whose check on a GPU is
+    a device-side assert that would end the process."""
 
-    @staticmethod
-    def _warpers(request: RowRequest) -> LogitsProcessorList:
-        warpers = LogitsProcessorList()
-        if request.samples:
-            warpers.append(TemperatureLogitsWarper(request.temperature))
-            if request.top_k > 0:
-                warpers.append(TopKLogitsWarper(request.top_k))
-            if request.top_p < 1.0:
-                warpers.append(TopPLogitsWarper(request.top_p))
-        return warpers
+    def __init__(self, samplings: Sequence[_Sampling | None], fail: Callable[[int, BaseException], None]):
+        self.samplings, self.fail = list(samplings), fail
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         # input_ids [batch, seq]; scores [batch, vocab]
         scores = scores.clone()
-        for row, generator in enumerate(self.generators):
-            if generator is None:
+        checked: list[tuple[int, torch.Tensor]] = []
+        for row, sampling in enumerate(self.samplings):
+            if sampling is None:
                 continue
-            warped = self.warpers[row](input_ids[row : row + 1], scores[row : row + 1].float())  # [1, vocab]
-            probs = warped.softmax(dim=-1)  # [1, vocab]
-            token = torch.multinomial(probs[0], 1, generator=generator)  # [1]
+            try:
+                # [1, vocab]
+                warped = sampling.warpers(input_ids[row : row + 1], scores[row : row + 1].float())
+                probs = warped.softmax(dim=-1)[0]  # [vocab]
+                usable = torch.isfinite(probs).all() & (probs.sum() > 0)  # [] (no sync with the device here)
+                # a draw that cannot fail (its token is unused when the row is not usable)
+                probs = torch.where(usable, probs, torch.ones_like(probs))  # [vocab]
+                token = torch.multinomial(probs, 1, generator=sampling.generator)  # [1]
+            except Exception as error:  # noqa: BLE001 - this row's failure, not the batch's
+                self._drop(row, error)
+                continue
             scores[row] = float("-inf")
             scores[row, token] = 0.0
+            checked.append((row, usable))
+        if checked:
+            flags = torch.stack([usable for _, usable in checked]).tolist()  # one sync per step
+            for (row, _), ok in zip(checked, flags):
+                if not ok:
+                    self._drop(row, ValueError(_NOT_FINITE))
         return scores
+
+    def _drop(self, row: int, error: BaseException) -> None:
+        self.samplings[row] = None
+        self.fail(row, error)
 
 
 class _RowTracker(StoppingCriteria):
@@ -149,6 +185,12 @@ class _RowTracker(StoppingCriteria):
                 )
         return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
 
+    def fail(self, index: int, error: BaseException) -> None:
+        """End row ``index`` with ``error`` (its reader's); the others go on."""
+        if not self.done[index]:
+            self.done[index] = True
+            self.rows[index].emit_error(error)
+
     def _show(self, index: int, visible: str) -> None:
         shown = self.shown[index]
         if len(visible) > len(shown) and visible.startswith(shown):
@@ -173,41 +215,66 @@ class _RowTracker(StoppingCriteria):
 def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Row], stop_ids: list[int], pad_id: int) -> None:
     """Generate every row's reply in one left-padded batch; results and text go to the rows as they come.
 
-    Errors go to the rows that had not finished (never raised: the caller's thread serves other batches).
+    Errors go to the rows they belong to (never raised: the caller's thread serves other batches); see the module
+    notes for how one row's failure is kept from the others.
     """
     if not rows:
         return
     device = next(model.parameters()).device
-    requests = [row.request for row in rows]
+    live: list[Row] = []
+    samplings: list[_Sampling | None] = []
+    for row in rows:
+        try:
+            sampling = _Sampling.of(row.request, device)
+        except Exception as error:  # noqa: BLE001 - this row's settings, not the batch's
+            row.emit_error(error)
+            continue
+        live.append(row)
+        samplings.append(sampling)
+    if not live:
+        return
+    requests = [row.request for row in live]
     # [batch, width] each
     input_ids, attention_mask = left_padded([r.prompt_ids for r in requests], pad_id, device)
-    tracker = _RowTracker(tokenizer, rows, input_ids.shape[1], stop_ids)
+    tracker = _RowTracker(tokenizer, live, input_ids.shape[1], stop_ids)
     longest = max(r.max_new_tokens for r in requests)
     # Greedy for transformers; sampling rows are decided by _RowSampler (the stop ids end rows; we cut stop strings).
     config = hf_generation_config(
         tokenizer, GenerationConfig(max_new_tokens=longest, stop_ids=stop_ids), stop_ids
     )
-    processors = LogitsProcessorList(
-        [_RowSampler(requests, device)] if any(r.samples for r in requests) else []
-    )
+    sampler = [_RowSampler(samplings, tracker.fail)] if any(s is not None for s in samplings) else []
     try:
         with torch.no_grad():
             model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 generation_config=config,
-                logits_processor=processors,
+                logits_processor=LogitsProcessorList(sampler),
                 stopping_criteria=StoppingCriteriaList([tracker]),
             )
     except Exception as error:  # noqa: BLE001 - handed to the waiting readers
-        for index, row in enumerate(rows):
-            if not tracker.done[index]:
-                tracker.done[index] = True
-                row.emit_error(error)
+        _after_failure(model, tokenizer, tracker, error, stop_ids, pad_id)
         return
-    for index in range(len(rows)):  # rows the model's own length limit ended
-        if not rows[index].is_cancelled():
+    for index in range(len(live)):  # rows the model's own length limit ended
+        if not live[index].is_cancelled():
             tracker.complete(index)
+
+
+def _after_failure(
+    model: Any, tokenizer: Any, tracker: _RowTracker, error: Exception, stop_ids: list[int], pad_id: int
+) -> None:
+    """The batch's ``generate`` raised: a row alone gets the error; in a batch, each unfinished row that has shown
+    nothing yet runs again alone (the one that broke the batch fails again, by itself), the rest get the error."""
+    unfinished = [index for index, done in enumerate(tracker.done) if not done]
+    if len(tracker.rows) > 1 and unfinished:
+        log.warning("a batch of %d failed (%s); running its rows one by one", len(tracker.rows), error)
+    for index in unfinished:
+        tracker.done[index] = True
+        row = tracker.rows[index]
+        if len(tracker.rows) > 1 and not tracker.shown[index] and not row.is_cancelled():
+            generate_rows(model, tokenizer, [row], stop_ids, pad_id)
+        else:
+            row.emit_error(error)
 
 
 __all__ = ["Row", "RowRequest", "generate_rows"]

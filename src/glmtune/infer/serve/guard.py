@@ -1,10 +1,18 @@
-"""What every request passes before the endpoints: the API key and the body size (an ASGI middleware), and the
-error handlers that turn every failure into OpenAI's error object (never a traceback)."""
+"""What every request passes before the endpoints: the ``Host`` header, the API key and the body size (an ASGI
+middleware), and the error handlers that turn every failure into OpenAI's error object (never a traceback).
+
+* ``Host`` must name this server: loopback names by default (``localhost``, ``127.0.0.1``, ``[::1]``, any port),
+  more with ``--allowed-hosts`` (``*`` for any). A page on another site whose name was rebound to this address
+  (DNS rebinding) sends its own name, and gets 400.
+* The key, when one is set, guards every path but ``/health`` (``/openapi.json`` included); it is compared as bytes,
+  in constant time, so any header value is a 401 or a pass, never an error.
+"""
 
 from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from glmtune.core.errors import UserError
 from glmtune.infer.serve import protocol as p
 
 log = logging.getLogger("glmtune.serve")
@@ -27,30 +36,79 @@ class APIError(Exception):
         self.status, self.body = status, p.error_body(message, type, param=param, code=code)
 
 
-# =========================================================================== guard: API key, body size
+# =========================================================================== guard: host, API key, body size
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+OPEN_PATHS = ("/health",)  # answered without the key: probes
+
+
+def check_api_key(key: str | None) -> None:
+    """A key clients can send in a header: printable ASCII, no spaces (refused at start-up, not per request)."""
+    if key is not None and not (key and all("!" <= char <= "~" for char in key)):
+        raise UserError(
+            "the API key has characters an HTTP header cannot carry",
+            field="--api-key",
+            expected="ASCII letters, digits and punctuation, no spaces",
+        )
+
+
+def host_names(extra: Iterable[str] = ()) -> frozenset[str]:
+    """The ``Host`` names the server answers: the loopback names and ``extra`` (``--allowed-hosts``, comma-separated
+    entries accepted; ``*`` any host, ``*.example.com`` its subdomains; IPv6 with or without brackets)."""
+    names = set(LOOPBACK_HOSTS)
+    for entry in extra:
+        for name in entry.split(","):
+            name = name.strip().lower().rstrip(".")
+            if ":" in name and not name.startswith("["):
+                name = f"[{name}]"
+            if name:
+                names.add(name)
+    return frozenset(names)
+
+
+def _host_allowed(host: bytes, allowed: frozenset[str]) -> bool:
+    if "*" in allowed:
+        return True
+    name = host.decode("latin-1").strip().lower()  # "name", "name:port", "[v6]" or "[v6]:port"
+    name = name.partition("]")[0] + "]" if name.startswith("[") else name.partition(":")[0]
+    name = name.rstrip(".")
+    if name in allowed:
+        return True
+    return any(pattern.startswith("*.") and name.endswith(pattern[1:]) for pattern in allowed)
 
 
 class Guard:
-    """ASGI middleware run before routing and body parsing: the API key (401) on ``/v1/``, then the body size
-    (413; the body is read here, at most ``max_bytes``, and handed on)."""
+    """ASGI middleware run before routing and body parsing: the ``Host`` (400), the API key (401) on every path
+    but ``/health``, then the body size (413; the body is read here, at most ``max_bytes``, and handed on)."""
 
-    def __init__(self, app: Any, api_key: str | None, max_bytes: int):
-        self.app, self.api_key, self.max_bytes = app, api_key, max_bytes
+    def __init__(
+        self,
+        app: Any,
+        api_key: str | None,
+        max_bytes: int,
+        allowed_hosts: frozenset[str] = frozenset(LOOPBACK_HOSTS),
+    ):
+        self.app, self.max_bytes, self.allowed_hosts = app, max_bytes, allowed_hosts
+        self.api_key = None if api_key is None else api_key.encode("ascii")
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.api_key is not None and scope["path"].startswith("/v1/"):
-            scheme, _, given = headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), self.api_key):
+        headers = {k.lower(): v for k, v in scope["headers"]}  # bytes: compared as sent
+        if not _host_allowed(headers.get(b"host", b""), self.allowed_hosts):
+            message = "this server does not answer for that Host (glmtune serve --allowed-hosts adds names)"
+            await _reply(scope, receive, send, APIError(400, message, param="Host", code="host_not_allowed"))
+            return
+        if self.api_key is not None and scope["path"] not in OPEN_PATHS:
+            scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not secrets.compare_digest(given.strip(), self.api_key):
                 message = (
                     "Incorrect API key provided" if given else "Missing API key (Authorization: Bearer KEY)"
                 )
                 await _reply(scope, receive, send, APIError(401, message, code="invalid_api_key"))
                 return
-        length = headers.get("content-length", "")
+        length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
             await _reply(scope, receive, send, self._too_large())
             return
@@ -87,8 +145,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        first = (error.errors() or [{}])[0]
-        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+        # The most specific error: where a union (str | list of parts) failed, its deepest branch says why; the
+        # branch's tag ("list[ContentPart]") is pydantic's, not a field the client wrote.
+        first = max(error.errors() or [{}], key=lambda item: len(item.get("loc", ())))
+        loc = [str(part) for part in first.get("loc", ()) if part != "body" and "[" not in str(part)]
         if first.get("type") == "json_invalid":
             reason = first.get("ctx", {}).get("error", "")
             body = p.error_body(
@@ -96,7 +156,8 @@ def install_error_handlers(app: FastAPI) -> None:
             )
             return JSONResponse(body, status_code=400)
         param = ".".join(loc) or None
-        message = first.get("msg", "invalid request")
+        # pydantic words a validator's ValueError "Value error, ...": the reason alone reads better
+        message = first.get("msg", "invalid request").removeprefix("Value error, ")
         message = f"{param}: {message}" if param else message
         return JSONResponse(p.error_body(message, "invalid_request_error", param=param), status_code=400)
 
@@ -112,4 +173,4 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(p.error_body("internal server error", "server_error"), status_code=500)
 
 
-__all__ = ["APIError", "Guard", "install_error_handlers"]
+__all__ = ["LOOPBACK_HOSTS", "APIError", "Guard", "check_api_key", "host_names", "install_error_handlers"]

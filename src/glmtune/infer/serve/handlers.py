@@ -121,11 +121,14 @@ class Handlers:
                 job.cancel()
 
     async def result(self, job: Job, request: Request) -> Any:
-        """The job's result (its error raised)."""
+        """The job's result; its error (this request's alone: the batch engine keeps the others going) is logged
+        and raised as a 500 ``APIError``."""
         async with contextlib.aclosing(self._wait(job, request)) as events:
             async for event in events:
                 if event.kind == "error":
-                    raise event.value
+                    log.error("generation failed", exc_info=event.value)
+                    raise APIError(500, "the model failed on this request (the server's log has the details)",
+                                   "server_error", code="generation_failed") from event.value  # fmt: skip
                 if event.kind == "done":
                     return event.value
         raise RuntimeError("a job ended without a result")

@@ -4,6 +4,8 @@
 Requests are validated strictly (a string where a number belongs is an error, not coerced) and unknown fields are
 refused, so a typo is a 400 naming the field rather than a silently ignored setting. Parameters OpenAI has and
 glmtune does not implement are accepted only at their neutral value (``presence_penalty: 0``, ``logprobs: false``…).
+Every value is one the engine can use: finite numbers, a temperature the sampler's float32 arithmetic survives, a
+seed within 64 bits, text that is valid Unicode (a lone surrogate such as ``"\\ud800"`` is refused, naming the field).
 """
 
 from __future__ import annotations
@@ -16,7 +18,30 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _encodable(cls, value: Any) -> Any:
+        """Text the tokenizer (and the JSON reply) can encode: no lone surrogates, in strings or in the keys and
+        values of free-form JSON (tool parameters, arguments). Nested models check their own fields."""
+        if _has_surrogate(value):
+            raise ValueError("text with a lone UTF-16 surrogate (not valid Unicode)")
+        return value
+
+
+def _has_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_surrogate(key) or _has_surrogate(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_surrogate(item) for item in value)
+    return False
 
 
 # =========================================================================== errors
@@ -38,7 +63,14 @@ class ErrorResponse(BaseModel):
 def error_body(
     message: str, type: str, *, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
+    """The error object; text a client sent (an unknown field's name) is escaped if it is not valid Unicode, so
+    the reply can always be encoded."""
+    message, param = _printable(message), _printable(param)
     return ErrorResponse(error=ErrorDetail(message=message, type=type, param=param, code=code)).model_dump()
+
+
+def _printable(text: str | None) -> str | None:
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # =========================================================================== requests
@@ -102,6 +134,12 @@ _NEUTRAL = {
 }
 
 
+# A positive temperature below this samples as greedy would, and far enough below (1e-40) logits / temperature
+# leave float32's range: NaN probabilities. 0 is greedy.
+MIN_TEMPERATURE = 1e-3
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what a torch.Generator takes
+
+
 class _Sampling(_Strict):
     """What chat and completions share."""
 
@@ -111,7 +149,7 @@ class _Sampling(_Strict):
     max_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -120,6 +158,13 @@ class _Sampling(_Strict):
     logprobs: Any = None
     top_logprobs: int | None = None
     logit_bias: dict[str, Any] | None = None
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"0 (greedy) or from {MIN_TEMPERATURE:g} to 2 (smaller overflows the sampler)")
+        return value
 
     @field_validator("stop")
     @classmethod

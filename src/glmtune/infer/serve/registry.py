@@ -70,14 +70,23 @@ class ServedModel:
             generate_rows(self.lm.model, self.lm.tokenizer, jobs, self.stop_ids, self.pad_id)
 
     def run_classify(self, jobs: list[Any]) -> None:
-        """Every job's texts in one ``classifier.predict_texts`` call; each job gets its rows of probabilities."""
+        """Every job's texts in one ``classifier.predict_texts`` call; each job gets its rows of probabilities.
+        When that call fails, each job runs alone, so only the one that broke it gets the error."""
         from glmtune.infer.classifier import predict_texts
 
         live = [job for job in jobs if not job.is_cancelled()]
         texts = [text for job in live for text in job.payload]
         if not texts:
             return
-        probs = predict_texts(self.classifier, texts)  # [n, num_labels]
+        try:
+            probs = predict_texts(self.classifier, texts)  # [n, num_labels]
+        except Exception as error:  # noqa: BLE001 - one job's texts must not fail the others
+            if len(live) == 1:
+                live[0].emit_error(error)
+                return
+            for job in live:
+                self.run_classify([job])
+            return
         start = 0
         for job in live:
             job.emit_done(probs[start : start + len(job.payload)])

@@ -170,6 +170,14 @@ class Classification:
     def size(self, split: str) -> int:
         return len(self.splits[split])
 
+    def eval_scale(self, split: str) -> float:
+        """The work of ``split``'s final evaluation relative to validation's (a time budget's multiplier for a
+        timed validation evaluation): their sizes' ratio; 0.0 for an empty split, inf when only validation is."""
+        size, reference = self.size(split), self.size("validation")
+        if not size:
+            return 0.0
+        return size / reference if reference else float("inf")
+
     # 4. the loss of one batch
     def _frozen(self, batch: dict[str, Any]) -> Any:
         """Lets the frozen layers reuse their kept outputs for this training batch (freeze; else nothing)."""

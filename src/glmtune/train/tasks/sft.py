@@ -3,9 +3,12 @@
 Data: ``data.sft.load_sft`` (files or built-in datasets, weighted mix, seeded splits) → ``data.templates``
 (chat template, label masks, whole-round truncation) → padded or packed batches. Loss: next-token
 cross-entropy over the learned (label) tokens, a token mean over the batch. Evaluation of a split: the same
-loss and its perplexity over every encodable conversation, and, when asked for (``final``, or a generation
-``train.metric``), a reply generated for every conversation of the split (batched, greedy unless
-``generate.do_sample``) scored against the reference reply by ``evaluation.generation_metrics``.
+loss and its perplexity over every encodable conversation (the LM head on learned positions only), and, when
+``eval.generation`` asks for it (by default the final evaluations: before and after training, and test; a
+generation ``train.metric`` at every evaluation), a reply generated for every conversation of the split
+(``infer.lm.generate_replies``: continuous batching, greedy unless ``generate.do_sample``) scored against the
+reference reply by ``evaluation.generation_metrics``. ``eval_scale`` tells a time budget what the final
+evaluation of a split costs next to validation's.
 Outputs: metrics.json (``validation``, ``test``, ``before``/``after``), predictions.jsonl (prompt, reference,
 output), data_summary.json. Using a finished run (``predict``, ``chat``) is ``glmtune.infer.lm``.
 """
@@ -18,7 +21,7 @@ from typing import Any
 import torch
 
 from glmtune import methods
-from glmtune.core.config import Config
+from glmtune.core.config import GENERATION_METRICS, Config
 from glmtune.core.errors import UserError
 from glmtune.core.runs import RunDir, atomic_write_json
 from glmtune.data.conversation import Conversation
@@ -57,7 +60,17 @@ class SFT:
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self.teacher: Any = None  # method.distill: the teacher run (distill.LMTeacher), set with the loaders
         self.generation_metric = cfg.train.metric not in LOSS_METRICS
-        self.logged = LOSS_METRICS + ((cfg.train.metric,) if self.generation_metric else ())
+        if self.generation_metric and cfg.eval.generation == "none":
+            raise UserError(
+                f"got none, but train.metric {cfg.train.metric} is scored on generated replies",
+                field="eval.generation",
+                expected="end, every or a positive integer (a generation train.metric generates at every evaluation)",
+            )
+        # validation evaluations during training from one that generates to the next (None: none generates)
+        self.generate_every = 1 if self.generation_metric else cfg.eval.generate_every()
+        self.evaluations = 0  # validation evaluations during training so far, in this process
+        self.logged = LOSS_METRICS + (GENERATION_METRICS if self.generate_every else ())
+        self.prompts: dict[str, list[list[int]]] = {}  # split → generation prompt ids, made once
 
     # 1. data: read, split, then tokenizer, template and encoding (every bad-input error happens here)
     def load_data(self) -> None:
@@ -152,6 +165,28 @@ class SFT:
     def size(self, split: str) -> int:
         return len(self.splits[split])
 
+    def eval_scale(self, split: str) -> float:
+        """The work of ``split``'s final evaluation relative to validation's, for a time budget that timed one
+        final validation evaluation: (prompt tokens + ``generate.max_new_tokens`` per conversation) of ``split``
+        over the same sum for validation — generation dominates and every reply may run to its limit. Without
+        generation (``eval.generation: none``), the ratio of their encoded tokens (the loss pass). 0.0 for an empty
+        split; inf when validation is empty and ``split`` is not (nothing to scale from)."""
+        work, reference = self._final_work(split), self._final_work("validation")
+        if not work:
+            return 0.0
+        return work / reference if reference else math.inf
+
+    def _final_work(self, split: str) -> int:
+        if self.cfg.eval.generation == "none":
+            return sum(len(e.input_ids) for e in self.encoded[split].examples)
+        prompts = self._prompts(split)
+        return sum(len(p) for p in prompts) + self.cfg.generate.max_new_tokens * len(prompts)
+
+    def _prompts(self, split: str) -> list[list[int]]:
+        if split not in self.prompts:
+            self.prompts[split] = [_prompt(self.tokenizer, c, self.cfg) for c in self.splits[split]]
+        return self.prompts[split]
+
     # 4. the loss of one batch: token mean over the batch's learned tokens
     def loss(
         self, model: torch.nn.Module, batch: dict[str, Any], accelerator: Any
@@ -180,15 +215,20 @@ class SFT:
     # 5. evaluation
     @torch.no_grad()
     def _loss(self, model: torch.nn.Module, split: str, accelerator: Any) -> float:
-        """Token-mean loss over the whole (sharded) split, gathered once per example."""
+        """Token-mean loss over the whole (sharded) split, gathered once per example; the LM head runs on learned
+        positions only where the model allows it (prompts never reach the [*, vocab] projection)."""
         was_training = model.training
         model.eval()
+        learned_only = accepts_learned_mask(model)
         sums_all, counts_all = [], []
         for batch in self.loaders[split]:
             inputs = {k: v for k, v in batch.items() if k not in ("labels", "index")}
+            mask = learned_mask(batch["labels"]) if learned_only else None  # [batch, seq]
+            if mask is not None:
+                inputs["logits_to_keep"] = mask
             with accelerator.autocast():
-                logits = model(**inputs).logits  # [batch, seq, vocab]
-            sums, counts = token_losses(logits, batch["labels"])  # [batch], [batch]
+                logits = model(**inputs).logits  # [learned, vocab] with a mask, else [batch, seq, vocab]
+            sums, counts = token_losses(logits, batch["labels"], 0.0, mask)  # [batch], [batch]
             sums, counts = accelerator.gather_for_metrics((sums, counts))
             sums_all.append(sums.cpu())
             counts_all.append(counts.cpu())
@@ -204,7 +244,7 @@ class SFT:
 
         loss = self._loss(model, split, accelerator)
         metrics: dict[str, Any] = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
-        if final or self.generation_metric:
+        if self._generates(split, final):
             rows = self._generate(accelerator.unwrap_model(model), split, accelerator)
             self.rows[split] = rows
             metrics.update(
@@ -213,6 +253,17 @@ class SFT:
         metrics["n"] = self.size(split)
         return metrics
 
+    def _generates(self, split: str, final: bool) -> bool:
+        """Whether this evaluation generates replies (``eval.generation``; a generation metric: always)."""
+        if self.cfg.eval.generation == "none" and not self.generation_metric:
+            return False
+        if final:
+            return True
+        if split != "validation" or not self.generate_every:
+            return False
+        self.evaluations += 1
+        return self.evaluations % self.generate_every == 0
+
     def _generate(self, model: torch.nn.Module, split: str, accelerator: Any) -> list[dict[str, Any]]:
         """A reply to every conversation of ``split`` (shared out over processes, gathered in order)."""
         from accelerate.utils import gather_object
@@ -220,7 +271,7 @@ class SFT:
         conversations = self.splits[split]
         mine = list(range(accelerator.process_index, len(conversations), accelerator.num_processes))
         cfg = self.cfg
-        prompts = [_prompt(self.tokenizer, conversations[i], cfg) for i in mine]
+        prompts = [self._prompts(split)[i] for i in mine]
         gen_cfg = generation_config(cfg, self.format.stop_ids())
         replies = generate_replies(
             model, self.tokenizer, prompts, gen_cfg, cfg.eval.batch_size, autocast=accelerator.autocast
