@@ -26,7 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", help="CONFIG.yaml then dotted overrides like train.lr=2e-4")
     p.add_argument("--output", help="run folder (default: runs/<config name>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty run folder")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a killed run from its last intact checkpoint"
+    )
+    p.add_argument(
+        "--trust-run",
+        action="store_true",
+        help="--resume: also load a checkpoint of the older layout, whose pickle files (*.pkl, *.bin) can run "
+        "any code they hold: only for a run folder you made yourself or fully trust (default: refused)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run on its test split or a labelled/conversation file")

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from typing import Any
 
 EXIT_USER_ERROR = 2
+
+# How writers that wrap the OS error in their own exception say "disk full": torch's zip writer (RuntimeError
+# "unexpected pos" / "file write failed"), safetensors' SafetensorError ("No space left on device (os error 28)").
+_DISK_FULL_MESSAGES = ("unexpected pos", "file write failed", "no space left", "os error 28", "disk quota")
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_READ_ONLY = (errno.EROFS,)
+_DENIED = (errno.EACCES, errno.EPERM)
 
 
 class UserError(Exception):
@@ -34,6 +43,40 @@ class UserError(Exception):
         tail = f"; expected {expected}" if expected else ""
         # One line, always: newlines in user data must not break the format.
         super().__init__(" ".join(f"{where}{what}{message}{tail}".split("\n")))
+
+
+def from_os_error(error: BaseException, path: Any = None) -> UserError | None:
+    """An OS failure the user can fix (disk full, a read-only or permission-denied folder) as a UserError naming
+    the file; None for anything else (a bug, which keeps its traceback). ``path``: the file when the error has none.
+    """
+    code = error.errno if isinstance(error, OSError) else None
+    where = (getattr(error, "filename", None) if isinstance(error, OSError) else None) or path
+    where = str(where) if where is not None else None
+    if code in _DISK_FULL or (
+        code is None and any(text in str(error).lower() for text in _DISK_FULL_MESSAGES)
+    ):
+        return UserError("no space left on the disk", file=where, expected="free space, or another --output")
+    if code in _READ_ONLY:
+        return UserError("read-only file system", file=where, expected="a writable folder (--output)")
+    if code in _DENIED:
+        return UserError(
+            "permission denied", file=where, expected="access to it (its permissions, or another --output)"
+        )
+    return None
+
+
+@contextmanager
+def os_errors_are_user_errors(path: Any = None) -> Iterator[None]:
+    """Within the block, disk full / read-only / permission denied become one line (``from_os_error``)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:
+        user = from_os_error(error, path)
+        if user is None:
+            raise
+        raise user from None
 
 
 def report_and_exit(error: UserError) -> None:

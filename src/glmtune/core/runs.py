@@ -9,6 +9,7 @@ a half-written file behind.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -47,7 +48,24 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    """``obj`` as strict JSON: a non-finite number (nan, inf) becomes null, and a mapping at the top lists where
+    under ``"non_finite"`` (e.g. ``["validation.loss"]``), so every reader can parse the file."""
+    found: list[str] = []
+    obj = _finite_or_null(obj, "", found)
+    if found and isinstance(obj, dict):
+        obj["non_finite"] = list(dict.fromkeys([*(obj.get("non_finite") or []), *found]))
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def _finite_or_null(value: Any, where: str, found: list[str]) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        found.append(where)
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v, f"{where}.{k}" if where else str(k), found) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v, f"{where}[{i}]", found) for i, v in enumerate(value)]
+    return value
 
 
 def atomic_write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:

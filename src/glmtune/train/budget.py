@@ -16,11 +16,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from glmtune.train import checkpoint
 from glmtune.train.techniques import adversarial
 
 Clock = Callable[[], float]
@@ -220,7 +222,7 @@ def _checkpoint_seconds(s: Any, clock: Clock) -> float:
     """One checkpoint of what trains (saved with each evaluation by default), written to a scratch folder."""
     with tempfile.TemporaryDirectory(prefix="glmtune-calibrate-") as scratch:
         began = clock()
-        s.accelerator.save_state(scratch)
+        checkpoint.write(s, Path(scratch))
         return clock() - began
 
 

@@ -2,8 +2,9 @@
 
 Contract: :func:`fit` runs optimizer steps over a :class:`Session` the recipe prepared, evaluating on validation
 every ``eval_every`` steps (the best weights are saved into the run folder each time they improve), stopping
-early on ``train.patience`` or the caller's ``on_evaluate``, and leaving resumable checkpoints. It knows nothing
-of any one task: loss, evaluation and files are the task object's (``glmtune.train.tasks``).
+early on ``train.patience`` or the caller's ``on_evaluate``, and leaving resumable checkpoints (their files,
+writing and verification: ``glmtune.train.checkpoint``). It knows nothing of any one task: loss, evaluation and
+files are the task object's (``glmtune.train.tasks``).
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -20,16 +20,15 @@ import torch
 from glmtune import methods
 from glmtune.core import _compat
 from glmtune.core.config import Config, TrainConfig
-from glmtune.core.runs import RunDir, atomic_write_json, prune
+from glmtune.core.runs import RunDir
+from glmtune.train import checkpoint
 from glmtune.train.techniques import adversarial, regularize
 from glmtune.train.track import Tracker
-
-CHECKPOINT_PREFIX = "step-"
 
 
 @dataclass
 class TrainerState:
-    """What a resumed run needs besides weights, optimizer and RNG (accelerate saves those)."""
+    """What a resumed run needs besides weights, optimizer, schedule and RNG (``checkpoint`` saves those)."""
 
     step: int = 0  # optimizer steps done
     tokens: int = 0  # real (non-padding) training tokens seen, all processes together
@@ -42,6 +41,12 @@ class TrainerState:
     history: list[dict[str, Any]] = field(default_factory=list)
     before: dict[str, Any] | None = None  # the untuned model's validation metrics (tasks that compare)
     budget: dict[str, Any] | None = None  # train.time_budget: {"seconds", "elapsed", "costs"} (budget.py)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainerState:
+        """From a checkpoint's trainer_state.json; keys this version does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 @dataclass
@@ -117,12 +122,6 @@ def improved(value: float, best: float | None, train: TrainConfig) -> bool:
     return delta > train.min_delta
 
 
-def latest_checkpoint(run: RunDir) -> Path | None:
-    found = sorted(run.checkpoints.glob(f"{CHECKPOINT_PREFIX}*")) if run.checkpoints.is_dir() else []
-    found = [p for p in found if (p / "trainer_state.json").is_file()]
-    return found[-1] if found else None
-
-
 def reset_process_state() -> None:
     """Between in-process runs (tune's trials, tests): reset accelerate's process-wide singletons, which each run's
     Accelerator sets up anew, and free the last run's model."""
@@ -160,18 +159,10 @@ def evaluate_validation(s: Session) -> None:
 
 
 def save_checkpoint(s: Session) -> None:
-    """A resumable state (accelerate's, plus trainer_state.json); older ones pruned to save_total_limit."""
-    target = s.run.checkpoints / f"{CHECKPOINT_PREFIX}{s.state.step:07d}"
+    """A resumable state (safetensors + JSON, verified by its manifest); older ones pruned to save_total_limit."""
     if s.deadline is not None:  # a resumed run gets what is left of the budget
         s.state.budget["elapsed"] = s.state.budget["seconds"] - s.deadline.seconds_left()
-    s.accelerator.save_state(str(target))
-    if s.main:
-        atomic_write_json(target / "trainer_state.json", s.state.__dict__)
-        prune(
-            sorted(p for p in s.run.checkpoints.glob(f"{CHECKPOINT_PREFIX}*") if p != target) + [target],
-            s.cfg.train.save_total_limit,
-        )
-    s.accelerator.wait_for_everyone()
+    checkpoint.save(s)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -253,7 +244,6 @@ __all__ = [
     "TrainerState",
     "build_optimizer",
     "fit",
-    "latest_checkpoint",
     "reset_process_state",
     "total_steps",
 ]

@@ -3,11 +3,13 @@
 data → seed → model → method → batches → optimizer → the run folder → loop (evaluate, keep best, early-stop,
 checkpoint) → restore best → validation and test → metrics, predictions, plots. What a task changes
 (classification, sft) lives in ``glmtune.train.tasks``; the loop (``glmtune.train.loop``) is the same for every
-task. accelerate owns devices, mixed precision, gradient accumulation, DDP and checkpoint state.
+task. accelerate owns devices, mixed precision, gradient accumulation and DDP; checkpoints are
+``glmtune.train.checkpoint``'s (safetensors and JSON, never pickles).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,12 +20,13 @@ import torch
 from glmtune import methods
 from glmtune.core import config as config_mod
 from glmtune.core.config import Config
-from glmtune.core.runs import RunDir, atomic_write_json, atomic_write_text, read_json
+from glmtune.core.runs import RunDir, atomic_write_json, atomic_write_text
 from glmtune.methods.speed import for_autocast
 from glmtune.models.precision import AUTOCAST_DTYPES, mixed_precision
 from glmtune.train import tasks
 from glmtune.train.budget import plan_budget, resume_budget
-from glmtune.train.loop import Session, TrainerState, build_optimizer, fit, latest_checkpoint, total_steps
+from glmtune.train.checkpoint import Found, find, load
+from glmtune.train.loop import Session, TrainerState, build_optimizer, fit, total_steps
 from glmtune.train.techniques import adversarial, regularize
 from glmtune.train.track import Tracker
 
@@ -34,32 +37,39 @@ def run(
     *,
     overwrite: bool = False,
     resume: bool = False,
+    trust_run: bool = False,
     on_evaluate: Callable[[int, dict[str, Any]], bool] | None = None,
 ) -> Path:
     """Train ``cfg`` into the run folder ``output``; returns the folder. Bad input raises UserError early.
 
     ``on_evaluate(step, metrics)`` is called after each validation evaluation; returning True stops training
     there like early stopping (best weights restored, folder finished as usual): a pruned tuning trial.
+    ``trust_run``: a resumed checkpoint of the older pickle layout may be loaded (pickles can run code).
     """
     run_dir = RunDir(output)
     checkpoint = None
     if resume:
         run_dir.check(need_weights=False)
         cfg = config_mod.load(run_dir.config)
-        checkpoint = latest_checkpoint(run_dir)
+        checkpoint = find(run_dir, trust_run=trust_run)  # verified before anything slow
     elif run_dir.path.is_dir() and any(run_dir.path.iterdir()) and not overwrite:
         run_dir.create(overwrite=False)  # raises the "not empty" error before any work is done
     task = tasks.create(cfg)
     task.load_data()  # every bad-input error happens here, before the run folder is touched
     session = prepare(cfg, task, run_dir, overwrite=overwrite, resume=resume, checkpoint=checkpoint)
     session.on_evaluate = on_evaluate
-    fit(session)
-    finish(session)
+    try:
+        fit(session)
+        finish(session)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the progress bar ends before the error's line; the error stays
+            session.tracker.close()
+        raise
     return run_dir.path
 
 
 def prepare(
-    cfg: Config, task: Any, run_dir: RunDir, *, overwrite: bool, resume: bool, checkpoint: Path | None
+    cfg: Config, task: Any, run_dir: RunDir, *, overwrite: bool, resume: bool, checkpoint: Found | None
 ) -> Session:
     """Seed, model, method, batches, optimizer; the time budget's plan; schedule; then the run folder and the
     resumed state."""
@@ -79,7 +89,6 @@ def prepare(
     s.steps = total_steps(s.cfg.train, len(task.loaders["train"]))
     # Not prepared by accelerate (it would step once per process); the loop steps it once per optimizer step.
     s.scheduler = regularize.make_scheduler(optimizer, s.cfg.train, s.steps)
-    accelerator.register_for_checkpointing(s.scheduler)
     if accelerator.is_main_process and not resume:  # created only now that config, data and model are good
         run_dir.create(overwrite=overwrite)
         run_dir.write_marker({"task": cfg.task})
@@ -87,9 +96,10 @@ def prepare(
         task.write_start(run_dir)
     accelerator.wait_for_everyone()
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint), strict=False)
-        s.state = TrainerState(**read_json(checkpoint / "trainer_state.json"))
+        s.state = TrainerState.from_dict(load(s, checkpoint))
         resume_budget(s)
+    elif resume:
+        s.notes.append("no checkpoint was written yet: starting again from step 0")
     s.tracker = Tracker(
         run_dir, s.steps, enabled=accelerator.is_main_process, start_step=s.state.step, deadline=s.deadline
     )
@@ -103,7 +113,7 @@ def prepare(
 
 def _build(cfg: Config, task: Any, accelerator: Any) -> tuple[torch.nn.Module, Any, str]:
     """Model and method (which parameters train is decided once, here), batches and optimizer, all prepared by
-    accelerate; checkpoints registered to hold only what trains. Returns the method's summary too."""
+    accelerate. Returns the method's summary too."""
     model, tokenizer = task.build_model()
     params = methods.apply(model, cfg.method)
     if cfg.train.gradient_checkpointing:
@@ -116,11 +126,6 @@ def _build(cfg: Config, task: Any, accelerator: Any) -> tuple[torch.nn.Module, A
         model, optimizer, loaders["train"], loaders["validation"], loaders["test"]
     )
     task.loaders = dict(zip(("train", "validation", "test"), prepared))
-    trainable = {name for name, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
-    # Checkpoints hold only what trains (the frozen base reloads from the model), plus optimizer/RNG/schedule.
-    accelerator.register_save_state_pre_hook(
-        lambda _models, weights, _dir: [_keep_only(w, trainable) for w in weights]
-    )
     return model, optimizer, params
 
 
@@ -146,11 +151,6 @@ def finish(s: Session) -> None:
         s.task.write_outputs(s.run, results)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-
-
-def _keep_only(weights: dict[str, torch.Tensor], names: set[str]) -> None:
-    for key in [k for k in weights if k not in names]:
-        del weights[key]
 
 
 def default_output(config_path: str | None) -> Path:

@@ -26,8 +26,9 @@ NOT_METRICS = frozenset({"step", "split", "time", "loss", "n", "epoch"})
 class Tracker:
     """Progress bar over optimizer steps, plus one JSON line and TensorBoard scalars per ``log`` call.
 
-    ``start_step > 0`` resumes: log lines after ``start_step`` (written by the killed run after its last
-    checkpoint) are dropped, TensorBoard events after it are purged, and the bar starts there.
+    Resuming (``start_step > 0``, or a log.jsonl already there: a run killed before its first checkpoint restarts
+    at 0): log lines after ``start_step`` (written by the killed run after its last checkpoint) are dropped,
+    TensorBoard events after it are purged, and the bar starts there.
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class Tracker:
         self.deadline = deadline  # train.time_budget: the bar shows the time left (a budget.Deadline)
         self.enabled = enabled
         self.start_step = start_step
+        self._resumed = False
         self._bar: Any = None
         self._writer: Any = None
         self._log_file: Any = None
@@ -55,7 +57,8 @@ class Tracker:
         if not enabled:
             return
         run_dir.path.mkdir(parents=True, exist_ok=True)
-        if start_step > 0:
+        self._resumed = start_step > 0 or run_dir.log.is_file()
+        if self._resumed:  # whatever the step, 0 included: the resumed run repeats no line
             truncate_log(run_dir.log, start_step)
         self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True)
 
@@ -111,7 +114,7 @@ class Tracker:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            purge = self.start_step + 1 if self.start_step > 0 else None  # hide events after the resume point
+            purge = self.start_step + 1 if self._resumed else None  # hide events after the resume point
             self._writer = SummaryWriter(str(self.run_dir.tensorboard), purge_step=purge, flush_secs=30)
         return self._writer
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -70,14 +71,19 @@ def coerce(value: Any, tp: Any, name: str, source: str) -> Any:
             return int(value)
         raise UserError(f"got {value!r}", file=source, field=name, expected="an integer")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads "2e-4" (no dot) as a string
+        number = None
+        # YAML reads "2e-4" (no dot) as a string
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             try:
-                return float(value)
-            except ValueError:
-                pass
-        raise UserError(f"got {value!r}", file=source, field=name, expected="a number")
+                number = float(value)
+            except (ValueError, OverflowError):
+                if not isinstance(value, str):
+                    number = math.inf  # an integer too large for a float
+        if number is None:
+            raise UserError(f"got {value!r}", file=source, field=name, expected="a number")
+        if not math.isfinite(number):  # nan, inf: never a meaningful setting
+            raise UserError(f"got {value!r}", file=source, field=name, expected="a finite number")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -138,7 +144,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise UserError(f"override {item!r} is not key=value", expected="e.g. train.lr=2e-4")
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = safe_load(raw) if raw != "" else None
         except yaml.YAMLError:
             value = raw
         set_dotted(tree, key.strip(), value)
@@ -155,14 +161,59 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping (YAML itself would keep the last one silently)."""
+
+    def __init__(self, key: Any, first: Any, again: Any) -> None:
+        super().__init__(
+            problem=f"duplicate key {key!r} (first at line {first.line + 1})", problem_mark=again
+        )
+        self.key, self.first_line = key, first.line + 1
+
+
+class StrictLoader(yaml.SafeLoader):
+    """yaml's SafeLoader, except that a key given twice in one mapping is an error naming the key and both
+    lines: a second ``model:`` section would otherwise replace the first whole. Merge keys (``<<: *base``) may
+    still be overridden."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: SafeLoader's own error says so
+                    continue
+                if first is not key_node.start_mark:
+                    raise DuplicateKey(key, first, key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (``DuplicateKey``, a ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=StrictLoader)  # StrictLoader is a SafeLoader: plain data only
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError("config file not found", file=str(path))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as error:
         raise UserError(f"not UTF-8 text ({error.reason})", file=str(path)) from None
+    except DuplicateKey as error:
+        line = error.problem_mark.line + 1
+        raise UserError(
+            f"key given twice (first at line {error.first_line}; YAML would silently keep only the last)",
+            file=str(path),
+            line=line,
+            field=str(error.key),
+            expected="each key once per mapping",
+        ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None

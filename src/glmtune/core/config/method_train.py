@@ -6,6 +6,7 @@ Each field's docstring is its entry in ``docs/config.md`` (``python -m glmtune.c
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -16,8 +17,10 @@ from glmtune.core.config.choices import (
     OPTIMIZERS,
     PRECISIONS,
     SCHEDULERS,
+    _between,
     _choice,
     _positive,
+    _seed,
 )
 from glmtune.core.errors import UserError
 
@@ -38,8 +41,7 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         _positive(self.temperature, "method.distill.temperature")
-        if not 0 <= self.alpha <= 1:
-            raise UserError(f"got {self.alpha}", field="method.distill.alpha", expected="0 <= alpha <= 1")
+        _between(self.alpha, "method.distill.alpha", 0, 1)
 
 
 @dataclass
@@ -90,10 +92,10 @@ class MethodConfig:
         _positive(self.trainable_layers, "method.trainable_layers")
         _positive(self.frozen_cache_gb, "method.frozen_cache_gb", allow_zero=True)
         _positive(self.lora_r, "method.lora_r")
+        _positive(self.lora_alpha, "method.lora_alpha")
         _positive(self.pre_seq_len, "method.pre_seq_len")
         _positive(self.num_virtual_tokens, "method.num_virtual_tokens")
-        if not 0 <= self.lora_dropout < 1:
-            raise UserError(f"got {self.lora_dropout}", field="method.lora_dropout", expected="0 <= p < 1")
+        _between(self.lora_dropout, "method.lora_dropout", 0, 1, high_open=True)
 
 
 @dataclass
@@ -241,6 +243,10 @@ class TrainConfig:
         _positive(self.lr, "train.lr")
         _positive(self.head_lr, "train.head_lr")
         _positive(self.weight_decay, "train.weight_decay", allow_zero=True)
+        _between(self.momentum, "train.momentum", 0, 1, high_open=True)
+        _positive(self.max_grad_norm, "train.max_grad_norm")
+        _positive(self.min_delta, "train.min_delta", allow_zero=True)
+        _seed(self.seed, "train.seed")
         _positive(self.max_seq_len, "train.max_seq_len")
         _positive(self.eval_steps, "train.eval_steps")
         _positive(self.save_steps, "train.save_steps")
@@ -252,17 +258,11 @@ class TrainConfig:
         _choice(self.mixed_precision, PRECISIONS, "train.mixed_precision")
         if self.metric is not None:
             _choice(self.metric, METRICS, "train.metric")
-        if not 0 <= self.warmup_ratio < 1:
-            raise UserError(f"got {self.warmup_ratio}", field="train.warmup_ratio", expected="0 <= r < 1")
-        if self.dropout is not None and not 0 <= self.dropout < 1:
-            raise UserError(f"got {self.dropout}", field="train.dropout", expected="0 <= p < 1")
-        if not 0 <= self.label_smoothing < 1:
-            raise UserError(
-                f"got {self.label_smoothing}", field="train.label_smoothing", expected="0 <= e < 1"
-            )
+        _between(self.warmup_ratio, "train.warmup_ratio", 0, 1, high_open=True)
+        _between(self.dropout, "train.dropout", 0, 1, high_open=True)
+        _between(self.label_smoothing, "train.label_smoothing", 0, 1, high_open=True)
         _positive(self.rdrop_alpha, "train.rdrop_alpha", allow_zero=True)
-        if not 0 < self.layer_lr_decay <= 1:
-            raise UserError(f"got {self.layer_lr_decay}", field="train.layer_lr_decay", expected="0 < d <= 1")
+        _between(self.layer_lr_decay, "train.layer_lr_decay", 0, 1, low_open=True)
         _positive(self.scheduler_power, "train.scheduler_power")
         _positive(self.scheduler_cycles, "train.scheduler_cycles")
 
@@ -290,6 +290,6 @@ def parse_duration(text: str, field_name: str) -> float:
                 f"got {text!r}", field=field_name, expected="a duration such as 90s, 12m or 1h30m"
             ) from None
         seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in parts)
-    if not seconds > 0:
-        raise UserError(f"got {text!r}", field=field_name, expected="a duration above zero")
+    if not 0 < seconds < math.inf:
+        raise UserError(f"got {text!r}", field=field_name, expected="a finite duration above zero")
     return seconds
