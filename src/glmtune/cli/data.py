@@ -61,9 +61,12 @@ def inspect_data(args: argparse.Namespace) -> None:
     cfg = config.load(args.config, args.overrides)
     if cfg.task != "sft":
         raise UserError(f"got task {cfg.task}", field="task", expected="sft (inspect shows chat templates)")
-    conversations = load_sft(cfg.data).train[: args.n]
+    data = load_sft(cfg.data)
+    conversations = data.train[: args.n]
     tokenizer = load_tokenizer(cfg.model)
-    fmt = resolve_template(tokenizer, cfg.data.template)
+    fmt = resolve_template(
+        tokenizer, cfg.data.template, data.train, data.validation, data.test
+    )  # as training
     color = sys.stdout.isatty()
     for number, conv in enumerate(conversations, 1):
         encoded = encode_conversation(

@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from glmtune.core.config.choices import CAUSAL_TASKS
 from glmtune.core.errors import UserError
 
 
@@ -18,24 +19,26 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from glmtune import data
     from glmtune import metrics as evaluation
     from glmtune.core.runs import atomic_write_json
+    from glmtune.data.classification import read_labelled_file
     from glmtune.infer import classifier
 
-    if _run_task(args.run_dir) == "sft":
+    task = _run_task(args.run_dir)
+    if task == "sft":
         eval_sft(args)
+        return
+    if task == "preference":
+        eval_preference(args)
         return
     loaded = classifier.load_run(args.run_dir)
     cfg = loaded.cfg
-    if args.data:
-        examples = data.load_labelled_file(
-            args.data, cfg.data.text_column, cfg.data.label_column, loaded.labels
-        )
-        name = Path(args.data).stem
+    if args.data:  # read as training read its files: data.columns, data.encoding, data.sheet
+        examples, name = read_labelled_file(args.data, cfg.data, loaded.labels), Path(args.data).stem
     else:
         examples = data.load_classification(cfg.data).test
         name = "test"
-    probs = classifier.predict_texts(loaded, [e.text for e in examples])
     gold = [e.label for e in examples]
-    metrics = evaluation.classification_metrics(gold, probs.numpy(), loaded.labels)
+    probs, loss = classifier.evaluate_texts(loaded, [e.text for e in examples], gold)
+    metrics = evaluation.classification_metrics(gold, probs.numpy(), loaded.labels, loss=loss)
     out = loaded.run.path / "eval" / name
     atomic_write_json(out / "metrics.json", metrics)
     rows = evaluation.prediction_rows([e.text for e in examples], gold, probs.numpy(), loaded.labels)
@@ -49,22 +52,34 @@ def eval_sft(args: argparse.Namespace) -> None:
     """An SFT run on its test split or a conversation file: eval/NAME/metrics.json and predictions.jsonl."""
     from glmtune import metrics as evaluation
     from glmtune.core.runs import atomic_write_json, atomic_write_jsonl
-    from glmtune.data.conversation import load_conversations
-    from glmtune.data.sft import load_sft
+    from glmtune.data.sft import load_sft, read_file
+    from glmtune.data.summary import SplitCounts, counts_table
     from glmtune.infer import lm
     from glmtune.train.tasks.sft import TABLE_ROWS
 
     loaded = lm.load_run(args.run_dir)
-    if args.data:
-        conversations, name = load_conversations(args.data, loaded.cfg.data.format), Path(args.data).stem
+    if args.data:  # read as training read its files: data.format, data.columns, data.encoding, data.sheet
+        conversations, name = read_file(args.data, loaded.cfg.data), Path(args.data).stem
     else:
         conversations, name = load_sft(loaded.cfg.data).test, "test"
     if not conversations:
         raise UserError("no conversations to evaluate", file=args.data, expected="at least one")
-    metrics, rows = lm.evaluate_conversations(loaded, conversations)
+    counts = SplitCounts(read=len(conversations))
+    metrics, rows = lm.evaluate_conversations(loaded, conversations, counts=counts)
+    print(counts_table({name: counts}))
     out = loaded.run.path / "eval" / name
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_jsonl(out / "predictions.jsonl", rows)
+    print(evaluation.format_metrics_table({name: metrics}, TABLE_ROWS))
+    print(out)
+
+
+def eval_preference(args: argparse.Namespace) -> None:
+    """A preference run on its test split or a file of pairs: eval/NAME/metrics.json (reward accuracy, margin…)."""
+    from glmtune import metrics as evaluation
+    from glmtune.train.tasks.preference import TABLE_ROWS, evaluate_file
+
+    name, metrics, out = evaluate_file(args.run_dir, args.data)
     print(evaluation.format_metrics_table({name: metrics}, TABLE_ROWS))
     print(out)
 
@@ -79,6 +94,7 @@ def _run_task(run_dir: str) -> str:
 def cmd_predict(args: argparse.Namespace) -> None:
     from glmtune import data
     from glmtune.core.runs import atomic_write_jsonl
+    from glmtune.data.classification import text_label_columns
     from glmtune.infer import classifier
 
     if (args.text is None) == (args.input is None):
@@ -87,7 +103,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         )
     exported = _load_export(args.run_dir)  # a `glmtune export` folder, else None (a run folder)
     task = exported.cfg.task if exported is not None else _run_task(args.run_dir)
-    if task == "sft":
+    if task in CAUSAL_TASKS:
         predict_sft(args, exported)
         return
     loaded = exported if exported is not None else classifier.load_run(args.run_dir)
@@ -95,8 +111,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         probs = classifier.predict_texts(loaded, [args.text])
         print(json.dumps(classifier.prediction(probs[0], loaded.labels), ensure_ascii=False))
         return
-    column = loaded.cfg.data.text_column
-    records = data.read_records(args.input)
+    column = text_label_columns(loaded.cfg.data)[0]  # read as training read its files
+    records = data.read_records(args.input, encoding=loaded.cfg.data.encoding, sheet=loaded.cfg.data.sheet)
     data.require_columns(records, [column], args.input)
     texts = [str(r[column]) for r in records]
     probs = classifier.predict_texts(loaded, texts)
@@ -118,7 +134,7 @@ def predict_sft(args: argparse.Namespace, loaded=None) -> None:
         row = lm.reply_all(loaded, [Conversation([Message("user", args.text)])])[0]
         print(json.dumps(row, ensure_ascii=False))
         return
-    prompts = lm.read_prompts(args.input)
+    prompts = lm.read_prompts(args.input, loaded.cfg.data)
     rows = lm.reply_all(loaded, prompts, progress=True)
     output = Path(args.output) if args.output else Path(args.input).with_suffix(".predictions.jsonl")
     atomic_write_jsonl(output, rows)

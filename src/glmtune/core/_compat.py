@@ -92,7 +92,14 @@ def filter_library_warnings() -> None:
       generation step: transformers' ``generate`` builds ``position_ids`` itself and peft drops them, correctly,
       for the virtual tokens (glmtune's own forward passes none to prompt-learning models, see
       ``models.heads``). Can go when peft stops warning on each call.
+    - peft 0.21 warns "PiSSA (OLoRA) changes the base weights … should not be used with other adapters" when an
+      adapter is added next to one: its own PiSSA/OLoRA → LoRA conversion at save time (which glmtune uses, see
+      ``methods.variants``) adds the initial adapter that way for a moment. Can go when peft's conversion stops
+      warning about itself.
     """
+    warnings.filterwarnings(
+        "ignore", message=r"(PiSSA|OLoRA) changes the base weights of the model", category=UserWarning
+    )
     warnings.filterwarnings(
         "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
     )

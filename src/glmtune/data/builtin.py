@@ -28,6 +28,11 @@ is a list of alternating turns, read as user/assistant. Measured on chatterbot-c
 of 2 turns, 16 of 3-26 turns); an unanswered last turn is dropped (7 items have an odd number of turns), then
 exact duplicates (2), leaving 465 conversations in file order: 453 single-turn, 12 multi-turn.
 
+``chatterbot-zh-pairs`` (task ``preference``) — ``chatterbot-zh``'s single-turn conversations as preference
+pairs: the corpus's own reply is chosen, the reply to another question (the conversation half the list away) is
+rejected. It teaches a model to answer the question asked rather than another one: a demo of the mechanics (the
+rejected replies are fluent but off-topic, so the task is easy), not evidence of alignment quality.
+
 ``demo-qa-zh`` (100), ``demo-summarize-zh`` (62), ``demo-translate`` (100) — written by hand for glmtune
 (no model generated them), shipped as JSONL in ``glmtune/data/builtin_data/`` in the alpaca format:
 simple factual Chinese questions with one-sentence answers; short everyday Chinese passages (2-3 sentences)
@@ -149,6 +154,21 @@ def load_chatterbot_zh() -> list[dict[str, Any]]:
     ]
 
 
+def load_chatterbot_zh_pairs() -> list[dict[str, Any]]:
+    """Preference pairs from ``chatterbot-zh``'s single-turn conversations: ``{"prompt", "chosen", "rejected"}``,
+    the chosen response the corpus's own reply, the rejected one the reply to another question (half the list
+    away, so the pairing is fixed); pairs whose two replies are equal are skipped."""
+    single = [(turns, line, source) for turns, line, source in _chatterbot_zh() if len(turns) == 2]
+    records = []
+    for index, (turns, line, source) in enumerate(single):
+        other = single[(index + len(single) // 2) % len(single)][0][1]
+        if other != turns[1]:
+            records.append(
+                {"prompt": turns[0], "chosen": turns[1], "rejected": other, "_line": line, "_source": source}
+            )
+    return records
+
+
 BUILTIN_DATA = Path(__file__).resolve().parent / "builtin_data"
 
 
@@ -181,6 +201,13 @@ DATASETS: dict[str, BuiltinDataset] = {
             description="465 Chinese chit-chat conversations, mostly one turn (from the chatterbot-corpus package)",
             loader=load_chatterbot_zh,
             format="messages",
+        ),
+        BuiltinDataset(
+            name="chatterbot-zh-pairs",
+            task="preference",
+            description="chatterbot-zh's one-turn chats as preference pairs: its reply chosen, another question's "
+            "reply rejected (a demo of the mechanics, not of quality)",
+            loader=load_chatterbot_zh_pairs,
         ),
         BuiltinDataset(
             name="demo-qa-zh",

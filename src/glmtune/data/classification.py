@@ -8,7 +8,8 @@ rows. Carved splits are stratified by label where every class is large enough (e
 warning) and keep file order within each split, so prediction files read like the source. The text and label
 columns are ``data.columns.text``/``label`` (or ``data.text_column``/``label_column``); ``data.dataset`` may name
 a dataset of ``data.dataset_info``. Texts shared between splits are counted and warned about
-(``data.leakage``), and removed from training with ``data.dedup_across_splits``.
+(``data.leakage``), and removed from training with ``data.dedup_across_splits``. What each split read and kept
+is counted (``data.summary``; the task adds truncation and augmented copies).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from glmtune.core.config import DataConfig
 from glmtune.core.errors import UserError
 from glmtune.data.builtin import load_builtin
 from glmtune.data.dataset_info import read_entry, resolve_dataset
-from glmtune.data.leakage import drop_leaked, find_leakage
+from glmtune.data.leakage import DEDUP_REASON, drop_leaked, find_leakage
 from glmtune.data.read import LINE_KEY, read_records, require_columns, where
+from glmtune.data.summary import SplitCounts, new_counts
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +51,14 @@ class ClassificationData:
     test: list[Example]
     labels: list[str]
     leakage: dict[str, Any] = field(default_factory=dict)  # data.leakage.find_leakage, + "removed_from_train"
+    counts: dict[str, SplitCounts] = field(default_factory=dict)  # data.summary, per split
 
     def splits(self) -> dict[str, list[Example]]:
         return {"train": self.train, "validation": self.validation, "test": self.test}
 
     def summary(self) -> dict[str, Any]:
-        """Counts per split and class, for the run log: ``{"labels": [...], "train": {"total", "per_class"}}``."""
+        """Counts per split and class, for the run log: ``{"labels": [...], "train": {"total", "per_class",
+        "counts"}}`` (``counts``: ``data.summary.SplitCounts.to_json``)."""
         summary: dict[str, Any] = {"labels": list(self.labels)}
         for name, examples in self.splits().items():
             counts = Counter(example.label for example in examples)
@@ -62,6 +66,8 @@ class ClassificationData:
                 "total": len(examples),
                 "per_class": {label: counts[index] for index, label in enumerate(self.labels)},
             }
+            if name in self.counts:
+                summary[name]["counts"] = self.counts[name].to_json()
         summary["leakage"] = dict(self.leakage)
         return summary
 
@@ -117,7 +123,7 @@ def _rows_from_records(
     return rows
 
 
-def _text_label_columns(cfg: DataConfig, extra: dict[str, str] | None = None) -> tuple[str, str]:
+def text_label_columns(cfg: DataConfig, extra: dict[str, str] | None = None) -> tuple[str, str]:
     """The text and label columns: a dataset_info entry's, then ``data.columns``, then ``data.*_column``."""
     columns = {**(cfg.columns or {}), **(extra or {})}
     return columns.get("text", cfg.text_column), columns.get("label", cfg.label_column)
@@ -125,7 +131,7 @@ def _text_label_columns(cfg: DataConfig, extra: dict[str, str] | None = None) ->
 
 def _read_file(path: str, cfg: DataConfig) -> list[_Row]:
     records = read_records(path, encoding=cfg.encoding, sheet=cfg.sheet)
-    return _rows_from_records(records, path, *_text_label_columns(cfg))
+    return _rows_from_records(records, path, *text_label_columns(cfg))
 
 
 def _label_sort_key(labels: set[str]):
@@ -141,7 +147,7 @@ def _label_set(cfg: DataConfig, train: list[_Row], train_source: str) -> list[st
         raise UserError(
             f"the training data has only one class ({', '.join(sorted(present))})",
             file=train_source,
-            field=_text_label_columns(cfg)[1],
+            field=text_label_columns(cfg)[1],
             expected="at least 2 classes",
         )
     if cfg.labels is None:
@@ -201,12 +207,12 @@ def _read_train(cfg: DataConfig) -> tuple[list[_Row], str]:
     """The training rows and the name to report them under (the file, or the built-in dataset)."""
     if cfg.train_file is not None:
         return _read_file(cfg.train_file, cfg), cfg.train_file
-    assert cfg.dataset is not None  # DataConfig requires one of the two
-    if cfg.dataset_info is not None:
+    if cfg.dataset_info is not None:  # data.dataset None: the file's only dataset
         entry = resolve_dataset(cfg.dataset_info, cfg.dataset)
         records = read_entry(entry, encoding=cfg.encoding, sheet=cfg.sheet)
-        source = entry.files[0] if len(entry.files) == 1 else cfg.dataset
-        return _rows_from_records(records, source, *_text_label_columns(cfg, entry.columns)), source
+        source = entry.files[0] if len(entry.files) == 1 else entry.name
+        return _rows_from_records(records, source, *text_label_columns(cfg, entry.columns)), source
+    assert cfg.dataset is not None  # DataConfig requires a source
     return _rows_from_records(load_builtin(cfg.dataset), cfg.dataset, "text", "label"), cfg.dataset
 
 
@@ -252,7 +258,7 @@ def load_classification(cfg: DataConfig) -> ClassificationData:
     test = _read_file(cfg.test_file, cfg) if cfg.test_file else None
 
     labels = _label_set(cfg, train, train_source)
-    label_column = _text_label_columns(cfg)[1]
+    label_column = text_label_columns(cfg)[1]
     if cfg.labels is not None:
         builtin = cfg.train_file is None and cfg.dataset_info is None
         _check_labels(train, labels, "label" if builtin else label_column, "data.labels")
@@ -262,17 +268,21 @@ def load_classification(cfg: DataConfig) -> ClassificationData:
             _check_labels(rows, labels, label_column, known_as)
 
     train, validation, test = _carve(cfg, train, train_source, validation, test)
+    counts = new_counts({"train": len(train), "validation": len(validation), "test": len(test)})
     if cfg.max_train_samples is not None and cfg.max_train_samples < len(train):
+        counts["train"].remove("over data.max_train_samples", len(train) - cfg.max_train_samples)
         _, train = _take(train, cfg.max_train_samples, cfg.seed, "data.max_train_samples")
     if cfg.max_eval_samples is not None and cfg.max_eval_samples < len(validation):
+        counts["validation"].remove("over data.max_eval_samples", len(validation) - cfg.max_eval_samples)
         _, validation = _take(validation, cfg.max_eval_samples, cfg.seed, "data.max_eval_samples")
     leakage = find_leakage({"train": train, "validation": validation, "test": test}, _text, _origin)
     if cfg.dedup_across_splits and leakage:
         kept = drop_leaked(train, [validation, test], _text)
         leakage["removed_from_train"] = len(train) - len(kept)
+        counts["train"].remove(DEDUP_REASON, len(train) - len(kept))
         train = kept
     return ClassificationData(
-        _index(train, labels), _index(validation, labels), _index(test, labels), labels, leakage
+        _index(train, labels), _index(validation, labels), _index(test, labels), labels, leakage, counts
     )
 
 
@@ -303,6 +313,13 @@ def load_labelled_file(
     else:
         _check_labels(rows, labels, label_column, "the run's labels")
     return _index(rows, labels)
+
+
+def read_labelled_file(path: str, cfg: DataConfig, labels: list[str] | None = None) -> list[Example]:
+    """``load_labelled_file`` read as training reads files: ``data.columns`` (or ``data.*_column``),
+    ``data.encoding`` and ``data.sheet`` (``glmtune eval --data``, export's quality check)."""
+    text, label = text_label_columns(cfg)
+    return load_labelled_file(path, text, label, labels, encoding=cfg.encoding, sheet=cfg.sheet)
 
 
 def describe(data: ClassificationData) -> str:

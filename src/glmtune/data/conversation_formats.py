@@ -120,14 +120,24 @@ def _system(record: Record, layout: Layout, at: Where) -> list[Message]:
     return [] if value in (None, "") else [Message("system", _string(value, at, column))]
 
 
+def _learn(item: dict[str, Any], at: Where, field: str) -> bool:
+    """The ChatGLM3 demo's ``"loss"`` key of a turn: ``false`` marks an assistant turn not to learn."""
+    value = item.get("loss", True)
+    if not isinstance(value, bool):
+        raise at.error(f"got {value!r}", field=f"{field}.loss", expected="true or false")
+    return value
+
+
 def _demo_tool_turn(item: dict[str, Any], at: Where, field: str) -> list[Message]:
     """The ChatGLM3 finetune demo's ``{"role": "tool", "name", "parameters", "observation"}``: the assistant's
-    call, then its result (a non-string observation as JSON, as the demo writes it)."""
+    call (not learned under ``"loss": false``), then its result (a non-string observation as JSON, as the demo
+    writes it)."""
     call = {"name": item.get("name"), "arguments": item.get("parameters") or {}}
     observation = item.get("observation", "")
     if not isinstance(observation, str):
         observation = json.dumps(observation, ensure_ascii=False)
-    return [Message("assistant", "", [_tool_call(call, at, field)]), Message("tool", observation)]
+    learn = _learn(item, at, field)
+    return [Message("assistant", "", [_tool_call(call, at, field)], learn), Message("tool", observation)]
 
 
 def _function_call(value: str, at: Where, field: str) -> Message:
@@ -183,7 +193,8 @@ def _from_turns(record: Record, at: Where, layout: Layout) -> tuple[list[Message
             calls = [_tool_call(c, at, f"{field}.tool_calls[{i}]") for i, c in enumerate(raw_calls)]
         if content is None and calls:
             content = ""
-        messages.append(Message(role, _string(content, at, f"{field}.{content_key}"), calls))
+        learn = _learn(item, at, field) if role == "assistant" else True
+        messages.append(Message(role, _string(content, at, f"{field}.{content_key}"), calls, learn))
     if not (messages and messages[0].role == "system"):  # a system turn wins over a system column
         messages = _system(record, layout, at) + messages
     tools = _tools(record, at, layout.keys.column("tools"))
@@ -255,6 +266,13 @@ def check(messages: list[Message], tools: list[dict] | None, at: Where, require_
                 expected="reply text or tool calls",
             )
     last = messages[-1].role
+    replies = [m for m in messages if m.role == "assistant"]
+    if require_reply and replies and not any(m.learn for m in replies):
+        raise at.error(
+            'every assistant turn has "loss": false, so there is nothing to learn',
+            field="messages",
+            expected='at least one assistant turn without "loss": false',
+        )
     if require_reply and last != "assistant":
         raise at.error(
             f"the last message is the {last}'s",

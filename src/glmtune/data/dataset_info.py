@@ -117,8 +117,25 @@ def _files(file_name: str, name: str, path: str) -> tuple[str, ...]:
     return (str(target),)
 
 
-def resolve_dataset(info_path: str, name: str) -> DatasetEntry:
-    """The entry ``name`` of the dataset_info.json at ``info_path`` (see the module docstring)."""
+def dataset_name(info_path: str, name: str | None) -> str:
+    """``name``, or the only dataset of the dataset_info.json when none is named; naming none of several is an
+    error that lists them."""
+    if name is not None:
+        return name
+    names = list(_read_info(str(info_path)))
+    if len(names) != 1:
+        raise UserError(
+            f"data.dataset_info defines {len(names)} datasets and data.dataset names none of them",
+            field="data.dataset",
+            expected="one of: " + ", ".join(names) if names else "a dataset_info.json with a dataset",
+        )
+    return names[0]
+
+
+def resolve_dataset(info_path: str, name: str | None) -> DatasetEntry:
+    """The entry ``name`` of the dataset_info.json at ``info_path`` (see the module docstring); ``None``: its only
+    entry (``dataset_name``)."""
+    name = dataset_name(info_path, name)
     info = _read_info(str(info_path))
     if name not in info:
         raise UserError(
@@ -180,4 +197,4 @@ def read_entry(entry: DatasetEntry, *, encoding: str = "auto", sheet: str | None
     return records
 
 
-__all__ = ["DatasetEntry", "read_entry", "resolve_dataset"]
+__all__ = ["DatasetEntry", "dataset_name", "read_entry", "resolve_dataset"]

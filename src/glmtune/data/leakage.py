@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 PAIRS = (("train", "validation"), ("train", "test"), ("validation", "test"))
 _EXAMPLES = 3  # shown per pair
+# Why training lost examples under data.dedup_across_splits (the data summary's reason).
+DEDUP_REASON = "also in validation or test (data.dedup_across_splits)"
 _KEPT = {"L", "N", "M"}  # letters, numbers, marks; everything else (spaces, punctuation, symbols) is dropped
 
 
@@ -76,4 +78,4 @@ def drop_leaked(train: Sequence[T], held_out: Sequence[Sequence[T]], text: Calla
     return [item for item in train if normalise(text(item)) not in held]
 
 
-__all__ = ["PAIRS", "drop_leaked", "find_leakage", "normalise"]
+__all__ = ["DEDUP_REASON", "PAIRS", "drop_leaked", "find_leakage", "normalise"]

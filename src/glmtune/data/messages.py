@@ -16,11 +16,13 @@ ROLES = ("system", "user", "assistant", "tool")
 @dataclass(frozen=True)
 class Message:
     """One turn. ``tool_calls`` (assistant only) are OpenAI-style with parsed arguments:
-    ``[{"type": "function", "function": {"name": str, "arguments": dict}}]``."""
+    ``[{"type": "function", "function": {"name": str, "arguments": dict}}]``. ``learn=False`` (an assistant turn
+    the ChatGLM3 demo marks ``"loss": false``): its tokens are context, not labels."""
 
     role: str
     content: str
     tool_calls: list[dict[str, Any]] | None = None
+    learn: bool = True
 
 
 @dataclass

@@ -5,7 +5,8 @@ Sources: ``data.dataset`` (a built-in generation dataset, or one of ``data.datas
 see ``conversation.mix``). Validation and test come from ``data.validation_file`` / ``data.test_file`` or are
 carved (seeded by ``data.seed``) from the pool of all sources *before* weighting, so a repeated example never
 leaks into them; conversations found in two splits anyway (the same text in two files) are counted and warned
-about (``data.leakage``), and removed from training with ``data.dedup_across_splits``.
+about (``data.leakage``), and removed from training with ``data.dedup_across_splits``. What each split read and
+kept is counted (``data.summary``: the task adds what encoding truncated and dropped).
 Encoding is ``data.templates``; batches reuse the length-grouped sampler of ``data.encode``.
 """
 
@@ -28,13 +29,14 @@ from glmtune.data.conversation import (
     Conversation,
     conversations_from_records,
     load_builtin_conversations,
-    load_conversations,
     mix,
 )
-from glmtune.data.dataset_info import read_entry, resolve_dataset
+from glmtune.data.dataset_info import dataset_name, read_entry, resolve_dataset
 from glmtune.data.encode import LengthGroupedBatchSampler
-from glmtune.data.leakage import drop_leaked, find_leakage
+from glmtune.data.leakage import DEDUP_REASON, drop_leaked, find_leakage
 from glmtune.data.packing import collate_packed, pack
+from glmtune.data.read import read_records
+from glmtune.data.summary import SplitCounts, new_counts
 from glmtune.data.templates import IGNORE_INDEX, EncodedConversation
 
 
@@ -46,11 +48,15 @@ class SFTData:
     validation: list[Conversation]
     test: list[Conversation]
     leakage: dict[str, Any] = field(default_factory=dict)  # data.leakage.find_leakage, + "removed_from_train"
+    counts: dict[str, SplitCounts] = field(default_factory=dict)  # data.summary, per split
 
     def summary(self) -> dict[str, Any]:
-        summary: dict[str, Any] = {
-            name: {"total": len(getattr(self, name))} for name in ("train", "validation", "test")
-        }
+        """data_summary.json: per split its conversations (``total``) and ``counts``; the ``leakage``."""
+        summary: dict[str, Any] = {}
+        for name in ("train", "validation", "test"):
+            summary[name] = {"total": len(getattr(self, name))}
+            if name in self.counts:
+                summary[name]["counts"] = self.counts[name].to_json()
         summary["leakage"] = dict(self.leakage)
         return summary
 
@@ -60,11 +66,25 @@ def _sources(cfg: DataConfig) -> list[TrainSource]:
         return list(cfg.train_files)
     if cfg.train_file is not None:
         return [TrainSource(path=cfg.train_file, format=cfg.format)]
+    if cfg.dataset_info is not None:  # data.dataset may be left out when the file defines one dataset
+        return [TrainSource(dataset=dataset_name(cfg.dataset_info, cfg.dataset))]
     return [TrainSource(dataset=cfg.dataset)]
 
 
+def read_file(
+    path: str, cfg: DataConfig, format: str | None = None, *, require_reply: bool = True
+) -> list[Conversation]:
+    """The conversations of one file, read as training reads them: ``data.format`` (or ``format``),
+    ``data.columns``, ``data.encoding``, ``data.sheet`` (``glmtune eval --data``, export's quality check).
+    ``require_reply=False`` reads prompts to reply to."""
+    records = read_records(path, encoding=cfg.encoding, sheet=cfg.sheet)
+    return conversations_from_records(
+        records, path, format or cfg.format, require_reply=require_reply, columns=cfg.columns
+    )
+
+
 def _read_file(path: str, format: str, cfg: DataConfig) -> list[Conversation]:
-    return load_conversations(path, format, columns=cfg.columns, encoding=cfg.encoding, sheet=cfg.sheet)
+    return read_file(path, cfg, format)
 
 
 def _read(source: TrainSource, cfg: DataConfig) -> list[Conversation]:
@@ -108,24 +128,30 @@ def load_sft(cfg: DataConfig) -> SFTData:
     carved_validation = [pools[s][i] for s, i in sorted(tagged[n_test : n_test + n_validation])]
     remaining = [[c for i, c in enumerate(pool) if (s, i) not in held_set] for s, pool in enumerate(pools)]
     weights = [source.weight for source in sources]
+    validation = validation if validation is not None else carved_validation
+    test = test if test is not None else carved_test
+    read = sum(len(pool) for pool in remaining)
+    counts = new_counts({"train": read, "validation": len(validation), "test": len(test)})
     if len(sources) == 1 and weights[0] == 1.0:
         train = remaining[0]  # file order; the loader shuffles
     else:
         train = mix(remaining, weights, cfg.seed)
+        counts["train"].resize("mixing weights (data.train_files)", read, len(train))
     if cfg.max_train_samples is not None and cfg.max_train_samples < len(train):
+        counts["train"].remove("over data.max_train_samples", len(train) - cfg.max_train_samples)
         keep = sorted(random.Random(cfg.seed).sample(range(len(train)), cfg.max_train_samples))
         train = [train[i] for i in keep]
-    validation = validation if validation is not None else carved_validation
     if cfg.max_eval_samples is not None and cfg.max_eval_samples < len(validation):
+        counts["validation"].remove("over data.max_eval_samples", len(validation) - cfg.max_eval_samples)
         keep = sorted(random.Random(cfg.seed).sample(range(len(validation)), cfg.max_eval_samples))
         validation = [validation[i] for i in keep]
-    test = test if test is not None else carved_test
     leakage = find_leakage({"train": train, "validation": validation, "test": test}, _text, _origin)
     if cfg.dedup_across_splits and leakage:
         kept = drop_leaked(train, [validation, test], _text)
         leakage["removed_from_train"] = len(train) - len(kept)
+        counts["train"].remove(DEDUP_REASON, len(train) - len(kept))
         train = kept
-    return SFTData(train, validation, test, leakage)
+    return SFTData(train, validation, test, leakage, counts)
 
 
 def _text(conversation: Conversation) -> str:
@@ -232,5 +258,6 @@ __all__ = [
     "SFTData",
     "collate_conversations",
     "load_sft",
+    "read_file",
     "make_sft_loader",
 ]

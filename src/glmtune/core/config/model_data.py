@@ -266,7 +266,8 @@ class DataConfig:
     dataset_info: str | None = None
     """A LLaMA-Factory ``dataset_info.json``: ``data.dataset`` (and each ``train_files`` entry's ``dataset``) then
     names one of its datasets, read from its ``file_name`` (relative to the JSON's folder) with its ``formatting``,
-    ``columns`` and ``tags``, as LLaMA-Factory reads it."""
+    ``columns`` and ``tags``, as LLaMA-Factory reads it. Without ``data.dataset``: the file's only dataset (a file
+    with several is an error naming them)."""
 
     encoding: str = "auto"
     """Text encoding of CSV, TSV, JSON and JSONL files. ``auto``: UTF-8 (with or without a byte-order mark), UTF-16
@@ -285,7 +286,12 @@ class DataConfig:
     """Noisy copies of the training split only: the ``data.augment`` section."""
 
     def __post_init__(self) -> None:
-        if self.dataset is None and self.train_file is None and not self.train_files:
+        if (
+            self.dataset is None
+            and self.train_file is None
+            and not self.train_files
+            and not self.dataset_info
+        ):
             raise UserError(
                 "no training data", field="data", expected="data.dataset, data.train_file or data.train_files"
             )
@@ -311,14 +317,14 @@ class DataConfig:
                     field="data.encoding",
                     expected="auto, or a Python codec name such as utf-8, gb18030, gbk, big5, utf-16",
                 ) from None
-        if self.dataset_info is not None:
-            named = self.dataset is not None or any(s.dataset for s in self.train_files or [])
-            if not named:
-                raise UserError(
-                    "data.dataset_info is set, but no dataset of it is named",
-                    field="data.dataset",
-                    expected="the name of one of its datasets (or data.train_files entries with dataset:)",
-                )
+        files = self.train_file is not None or bool(self.train_files)
+        if self.dataset_info is not None and files and not any(s.dataset for s in self.train_files or []):
+            raise UserError(
+                "data.dataset_info is set, but no dataset of it is named (the training files are read instead)",
+                field="data.dataset_info",
+                expected="data.dataset_info with data.dataset (or train_files entries with dataset:), or no "
+                "data.dataset_info",
+            )
 
     def _check_columns(self) -> None:
         """Known keys only (the nearest valid key named), non-empty names, text/label not set twice."""

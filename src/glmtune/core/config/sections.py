@@ -15,6 +15,7 @@ from typing import Any
 
 from glmtune.core.config.choices import (
     ATTENTION,
+    CAUSAL_TASKS,
     CONVERSATION_FORMATS,
     DEFAULT_DATASETS,
     GENERATION_METRICS,
@@ -34,10 +35,12 @@ from glmtune.core.config.choices import (
 from glmtune.core.config.eval_tune import EvalConfig, GenerateConfig, TuneConfig
 from glmtune.core.config.method_train import AdversarialConfig, DistillConfig, MethodConfig, TrainConfig
 from glmtune.core.config.model_data import AugmentConfig, DataConfig, ModelConfig, PromptConfig, TrainSource
+from glmtune.core.config.preference import PreferenceConfig
 from glmtune.core.errors import UserError
 
 __all__ = [
     "ATTENTION",
+    "CAUSAL_TASKS",
     "CONVERSATION_FORMATS",
     "DEFAULT_DATASETS",
     "GENERATION_METRICS",
@@ -60,6 +63,7 @@ __all__ = [
     "GenerateConfig",
     "MethodConfig",
     "ModelConfig",
+    "PreferenceConfig",
     "PromptConfig",
     "TrainConfig",
     "TrainSource",
@@ -74,7 +78,8 @@ class Config:
     """One run: what to train, on what, how, and how to judge it."""
 
     task: str = "classification"
-    """What to train: ``classification``, or ``sft`` (supervised fine-tuning of a chat model)."""
+    """What to train: ``classification``, ``sft`` (supervised fine-tuning of a chat model), or ``preference``
+    (aligning a chat model to preferred responses: DPO, IPO, ORPO, SimPO, KTO; see docs/preference.md)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     """Which model to fine-tune and how to load it: the ``model`` section."""
@@ -99,6 +104,9 @@ class Config:
 
     tune: TuneConfig = field(default_factory=TuneConfig)
     """Hyper-parameter search with ``glmtune tune``: the ``tune`` section."""
+
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    """Preference tuning (``task: preference``): the ``preference`` section."""
 
     def __post_init__(self) -> None:
         _choice(self.task, TASKS, "task")

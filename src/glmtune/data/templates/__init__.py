@@ -21,6 +21,7 @@ from glmtune.data.templates.encode import (
     encode_conversation,
     encode_conversations,
     encode_prompt,
+    resolve_for,
     stop_ids,
 )
 from glmtune.data.templates.masks import render_mask
@@ -50,6 +51,7 @@ __all__ = [
     "encode_conversations",
     "encode_prompt",
     "render_mask",
+    "resolve_for",
     "resolve_template",
     "stop_ids",
     "template_names",

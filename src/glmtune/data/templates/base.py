@@ -122,6 +122,8 @@ def hf_messages(messages: Iterable[Message]) -> list[dict[str, Any]]:
         item: dict[str, Any] = {"role": message.role, "content": message.content}
         if message.tool_calls:
             item["tool_calls"] = message.tool_calls
+        if not message.learn:  # the ChatGLM3 format's own key for a turn not to learn (Jinja ignores it)
+            item["loss"] = False
         rendered.append(item)
     return rendered
 

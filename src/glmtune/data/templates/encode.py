@@ -33,11 +33,13 @@ class EncodedConversation(NamedTuple):
 
 
 class EncodedConversations(NamedTuple):
-    """The encodable examples of a dataset, and how many were cut (``num_truncated``) or left out (``num_dropped``)."""
+    """The encodable examples of a dataset, and how many were cut (``num_truncated``) or left out (``num_dropped``);
+    ``kept``: the position of each example's conversation in the input (the dropped ones are missing)."""
 
     examples: list[EncodedConversation]
     num_truncated: int
     num_dropped: int
+    kept: tuple[int, ...] = ()
 
 
 def _rounds(messages: Sequence[Message]) -> tuple[list[Message], list[list[Message]]]:
@@ -109,19 +111,34 @@ def encode_conversation(
     return EncodedConversation(best[0], best[1], truncated=True)
 
 
+def resolve_for(tokenizer: Any, template: str | Any, *splits: Sequence[Conversation]) -> Any:
+    """The one format for every conversation of ``splits``: ``template`` resolved knowing whether any of them has
+    tools (``auto`` then prefers a format that renders them); a format already resolved is returned as is. A
+    format that cannot render the tools some conversation has is an error at that conversation's file and line,
+    naming the templates that can."""
+    if not isinstance(template, str):
+        return template
+    with_tools = [conv for split in splits for conv in split if uses_tools(conv.messages, conv.tools)]
+    fmt = resolve_template(tokenizer, template, tools=bool(with_tools))
+    if with_tools and not fmt.renders_tools:
+        first = with_tools[0]
+        raise _tools_refused(tokenizer, fmt, where(first.source, first.line) if first.source else {})
+    return fmt
+
+
 def encode_conversations(
     tokenizer: Any,
     conversations: Sequence[Conversation],
-    template: str = "auto",
+    template: str | Any = "auto",
     *,
     max_seq_len: int,
     train_on_prompt: bool = False,
 ) -> EncodedConversations:
-    """Every conversation that fits (in order), with counts of the truncated and the dropped ones."""
-    with_tools = any(uses_tools(conv.messages, conv.tools) for conv in conversations)
-    fmt = resolve_template(tokenizer, template, tools=with_tools)
-    examples, truncated, dropped = [], 0, 0
-    for conv in conversations:
+    """Every conversation that fits (in order), with counts of the truncated and the dropped ones. ``template``: a
+    name (resolved once for all of them, ``resolve_for``) or a format from ``resolve_for``."""
+    fmt = resolve_for(tokenizer, template, conversations)
+    examples, kept, truncated, dropped = [], [], 0, 0
+    for index, conv in enumerate(conversations):
         encoded = encode_conversation(
             tokenizer, conv, fmt, max_seq_len=max_seq_len, train_on_prompt=train_on_prompt
         )
@@ -130,24 +147,26 @@ def encode_conversations(
             continue
         truncated += encoded.truncated
         examples.append(encoded)
-    return EncodedConversations(examples, truncated, dropped)
+        kept.append(index)
+    return EncodedConversations(examples, truncated, dropped, tuple(kept))
 
 
 def encode_prompt(
     tokenizer: Any,
     messages: Conversation | Sequence[Message],
-    template: str = "auto",
+    template: str | Any = "auto",
     tools: list[dict[str, Any]] | None = None,
 ) -> list[int]:
     """A generation prompt: the conversation so far, ending with the assistant's header (the model replies).
 
-    ``tools`` defaults to the conversation's own when ``messages`` is a Conversation.
+    ``tools`` defaults to the conversation's own when ``messages`` is a Conversation. ``template``: a name, or a
+    format already resolved (a run's: its prompts use the format it trained with).
     """
     if isinstance(messages, Conversation):
         tools = messages.tools if tools is None else tools
         messages = messages.messages
     with_tools = uses_tools(messages, tools)
-    fmt = resolve_template(tokenizer, template, tools=with_tools)
+    fmt = resolve_template(tokenizer, template, tools=with_tools) if isinstance(template, str) else template
     if with_tools and not fmt.renders_tools:
         raise _tools_refused(tokenizer, fmt, {})
     return fmt.prompt(list(messages), tools)
@@ -164,5 +183,6 @@ __all__ = [
     "encode_conversation",
     "encode_conversations",
     "encode_prompt",
+    "resolve_for",
     "stop_ids",
 ]

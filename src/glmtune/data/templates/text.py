@@ -6,7 +6,8 @@ if it is the assistant's, the conversation up to it is rendered with the generat
 so is the conversation up to and including it; where those token ids stop agreeing with the ids of the whole
 conversation are the turn's first and last tokens. Inside that span the turn is learned up to and including
 its end-of-turn token (``<|im_end|>``, ``<eos>``, ...), so the model learns to stop; what follows it (a
-newline before the next turn) is not. Every assistant turn is learned; with ``train_on_prompt`` every token is.
+newline before the next turn) is not. Every assistant turn is learned (but one marked ``learn=False``: the
+ChatGLM3 demo's ``"loss": false``); with ``train_on_prompt`` every token is.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class TextFormat:
         learned = [False] * len(ids)
         previous_end = 0
         for index, message in enumerate(messages):
-            if message.role != "assistant":
+            if message.role != "assistant" or not message.learn:  # "loss": false: context, not labels
                 continue
             if index == 0:
                 start = 0

@@ -1,6 +1,8 @@
 """``glmtune export RUN_DIR --out DIR``: a run folder → a standalone model folder for deployment.
 
-- ``--merge``: the base model with the run's training folded in (LoRA merged by peft's ``merge_and_unload``;
+- ``--merge``: the base model with the run's training folded in (LoRA merged by peft's ``merge_and_unload``, any
+  ``method.lora_variant``: DoRA's magnitudes and rsLoRA's scale by peft, PiSSA/OLoRA as the plain LoRA on the
+  original base their adapter folder holds;
   full/freeze body tensors as loaded; a P-tuning v2 prefix encoder kept inside the model, its ``pre_seq_len``
   in config.json) as safetensors + config + tokenizer. SFT runs also get the chat template
   (``tokenizer_config.json``'s ``chat_template``) and ``generation_config.json`` with the template's stop ids:
@@ -29,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from glmtune.core.config.choices import CAUSAL_TASKS
 from glmtune.core.errors import UserError
 from glmtune.infer.export.measure import MEASURE_LIMIT as MEASURE_LIMIT  # re-exported
 from glmtune.infer.export.measure import holder_of, measure_int8
@@ -106,7 +109,7 @@ def _load_run(run_dir: Path) -> Any:
     _check_exportable(RunDir(run_dir))
     # A QLoRA run merges into the unquantized base (LLaMA-Factory's way): the merged model differs from the
     # quantized one it trained on by the quantization error, but is not rounded twice.
-    if info.get("task", "classification") == "sft":
+    if info.get("task", "classification") in CAUSAL_TASKS:
         return lm.load_run(run_dir, full_precision=True)
     return classifier.load_run(run_dir, full_precision=True)
 
@@ -128,7 +131,8 @@ def _check_exportable(run: Any) -> None:
 
 
 def merge(loaded: Any) -> Any:
-    """Fold a LoRA adapter into the base weights (in place on the holder); return the plain transformers model."""
+    """Fold a LoRA adapter (any variant: peft merges DoRA and rsLoRA itself; PiSSA/OLoRA runs hold a plain LoRA on
+    the original base) into the base weights (in place on the holder); return the plain transformers model."""
     holder = holder_of(loaded)
     if loaded.cfg.method.name == "lora":
         holder.backbone = holder.backbone.merge_and_unload()  # peft: W + scale · B·A, adapters removed
@@ -175,7 +179,7 @@ def _write_model(folder: Path, loaded: Any, model: Any, int8: bool) -> None:
         int8_mod.save(model, folder)
     else:
         model.save_pretrained(folder)
-    if loaded.cfg.task == "sft":
+    if loaded.cfg.task in CAUSAL_TASKS:
         template = _chat_template(loaded)
         if template is not None:
             loaded.tokenizer.chat_template = template
@@ -205,7 +209,7 @@ def _notes(cfg: Any, native: Native | None, run_dir: Path, int8: bool) -> dict[s
         loads_with = "glmtune only: glmtune.infer.export.load_export(DIR), glmtune predict/chat DIR"
     elif native is not None:
         loads_with = loads_with_native(native)
-    elif cfg.task == "sft":
+    elif cfg.task in CAUSAL_TASKS:
         loads_with = "transformers.AutoModelForCausalLM.from_pretrained(DIR) (no glmtune needed)"
     else:
         loads_with = "transformers.AutoModel.from_pretrained(DIR) + head.safetensors (see README.md)"
@@ -217,8 +221,8 @@ def _notes(cfg: Any, native: Native | None, run_dir: Path, int8: bool) -> dict[s
         "method": cfg.method.name,
         "base_model": cfg.model.name_or_path,
         "run": str(run_dir),
-        "template": cfg.data.template if cfg.task == "sft" else None,
-        "pooling": cfg.model.pooling if cfg.task != "sft" else None,
+        "template": cfg.data.template if cfg.task in CAUSAL_TASKS else None,
+        "pooling": cfg.model.pooling if cfg.task not in CAUSAL_TASKS else None,
         "loads_with": loads_with,
         "config": cfg.to_dict(),
     }
@@ -291,15 +295,15 @@ def load_export(folder: str | Path) -> Any:
     train_cfg = dataclasses.replace(cfg.train, mixed_precision="no") if int8 else cfg.train
     cfg = dataclasses.replace(cfg, model=model_cfg, train=train_cfg)
     tokenizer = load_tokenizer(model_cfg)
-    auto_class = AutoModelForCausalLM if cfg.task == "sft" else AutoModel
+    auto_class = AutoModelForCausalLM if cfg.task in CAUSAL_TASKS else AutoModel
     if int8:
         config = load_config(model_cfg)  # also registers glmtune's native model classes with the Auto classes
         model = int8_mod.load(folder, auto_class, config)
-    elif cfg.task == "sft":
+    elif cfg.task in CAUSAL_TASKS:
         model = load_causal_lm(model_cfg)
     else:
         model = load_backbone(model_cfg)
-    if cfg.task == "sft":
+    if cfg.task in CAUSAL_TASKS:
         fmt = resolve_template(tokenizer, cfg.data.template)
         return LoadedLM(cfg, CausalLM(model).eval(), tokenizer, fmt)
     labels = read_json(folder / "labels.json")

@@ -32,18 +32,17 @@ def _weights_mb(model: Any) -> float:
 def _measure_data(loaded: Any, data: str | None) -> list[Any]:
     """Labelled examples (classification) or conversations (sft): ``data`` or the run's test split."""
     cfg = loaded.cfg
+    # ``data`` is read as training read its files (data.format, data.columns, data.encoding, data.sheet)
     if cfg.task == "sft":
-        from glmtune.data.conversation import load_conversations
-        from glmtune.data.sft import load_sft
+        from glmtune.data.sft import load_sft, read_file
 
-        items = load_conversations(data, cfg.data.format) if data else load_sft(cfg.data).test
+        items = read_file(data, cfg.data) if data else load_sft(cfg.data).test
     else:
         from glmtune import data as data_mod
+        from glmtune.data.classification import read_labelled_file
 
         if data:
-            items = data_mod.load_labelled_file(
-                data, cfg.data.text_column, cfg.data.label_column, loaded.labels
-            )
+            items = read_labelled_file(data, cfg.data, loaded.labels)
         else:
             items = data_mod.load_classification(cfg.data).test
     if not items:

@@ -83,7 +83,7 @@ def readme(notes: dict[str, Any], report: dict[str, Any] | None, native: Native 
     model whose class is glmtune's own, how it loads (``native``)."""
     if notes["weights"] == "int8":
         how = _INT8
-    elif notes["task"] == "sft":
+    elif notes["task"] in ("sft", "preference"):  # core.config.CAUSAL_TASKS
         how = _native_causal(native) if native is not None else _CAUSAL
     else:
         how = _CLASSIFIER.replace("POOLING", json.dumps(notes["pooling"]))

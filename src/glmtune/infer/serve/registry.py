@@ -4,8 +4,11 @@
 * a classification run: ``/v1/classify``;
 * several LoRA SFT runs over the same base model (same ``model:`` section in their config.yaml) share one copy
   of the base: the first run's adapter is loaded with it and every further one is added with peft's
-  ``load_adapter``; the worker activates a run's adapter (``set_adapter``) before each of its batches. Runs of the
-  other methods (full, freeze, ptuning) change the base's own weights or its shape, so each gets its own copy.
+  ``load_adapter``; the worker activates a run's adapter (``set_adapter``) before each of its batches. Every LoRA
+  variant shares it: DoRA and rsLoRA adapters apply to the untouched base as they are, and PiSSA/OLoRA, which
+  trained on a rewritten base, were saved converted to a plain LoRA on the untouched one (``methods.variants``).
+  Runs of the other methods (full, freeze, ptuning) change the base's own weights or its shape, so each gets its
+  own copy.
 
 A model's name is the run folder's name, or the model name / folder as given.
 """
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from glmtune.core.config.choices import CAUSAL_TASKS
 from glmtune.core.errors import UserError
 from glmtune.core.runs import MARKER, RunDir
 
@@ -36,10 +40,18 @@ class ServedModel:
 
     # ---- prompts
     def chat_prompt(self, messages: list[Any], tools: list[dict[str, Any]] | None) -> list[int]:
-        """Token ids of a chat prompt in the run's template (a UserError if the template cannot express it)."""
+        """Token ids of a chat prompt in the format the model was loaded with (a UserError if it cannot express
+        it: tools it does not render are refused, never dropped)."""
         from glmtune.infer.lm import prompt_ids
 
-        return prompt_ids(self.lm.tokenizer, messages, tools, self.lm.cfg.data.template, 10**9)
+        fmt = self.lm.format
+        if tools and not fmt.renders_tools:
+            raise UserError(
+                f"model '{self.name}' has chat format '{fmt.name}', which cannot show tools to the model",
+                field="tools",
+                expected="no tools for this model (or serve a model whose chat format renders tools)",
+            )
+        return prompt_ids(self.lm.tokenizer, messages, tools, fmt, 10**9)
 
     def text_prompt(self, text: str) -> list[int]:
         """Token ids of a raw prompt (``/v1/completions``), with the tokenizer's own BOS if it adds one."""
@@ -187,12 +199,12 @@ def load_models(targets: list[str], template: str | None = None) -> dict[str, Se
             loaded = classifier.load_run(path)
             served[name] = ServedModel(name, "classification", classifier=loaded)
             continue
-        base = _shared_base(served, path) if task == "sft" else None
+        base = _shared_base(served, path) if task in CAUSAL_TASKS else None
         if base is not None:
             served[name] = _add_adapter(base, path, f"adapter{number}", name)
             continue
-        lm = lm_mod.load_run(path) if task == "sft" else lm_mod.load_base(target, template or "auto")
-        is_lora = task == "sft" and lm.cfg.method.name == "lora"
+        lm = lm_mod.load_run(path) if task in CAUSAL_TASKS else lm_mod.load_base(target, template or "auto")
+        is_lora = task in CAUSAL_TASKS and lm.cfg.method.name == "lora"
         # peft names the adapter loaded with the model "default"
         served[name] = _sft(name, lm, "default" if is_lora else None)
     return served

@@ -1,6 +1,6 @@
 """Tasks: what differs between kinds of training run, one module each; ``train.run`` is the same loop for all.
 
-A task object (``Classification``, ``SFT``) does, in the order ``train.run`` calls it:
+A task object (``Classification``, ``SFT``, ``Preference``) does, in the order ``train.run`` calls it:
 
 * ``load_data()`` — read, check and split the data (SFT also loads the tokenizer and encodes here); every
   bad-input error happens here or in the next two steps, before the run folder is touched;
@@ -15,7 +15,11 @@ A task object (``Classification``, ``SFT``) does, in the order ``train.run`` cal
   predictions, plots) and the printed table.
 
 Attributes: ``logged`` (validation metrics written to log.jsonl/TensorBoard) and ``compare_before_after``
-(evaluate the untuned model first; metrics.json then holds ``before`` and ``after``).
+(evaluate the untuned model first; metrics.json then holds ``before`` and ``after``). ``train.run`` sets
+``progress`` to a name (``before: validation``) around that first evaluation: a task whose evaluation takes long
+shows progress bars under it (SFT does); the training bar starts only after it. ``resumed_run`` is the run folder
+on ``--resume`` (else None), set before ``load_data``: what the task cached there may be read back (preference:
+the reference log-probs).
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ def create(cfg: Config) -> Any:
         from glmtune.train.tasks.sft import SFT
 
         return SFT(cfg)
+    if cfg.task == "preference":
+        from glmtune.train.tasks.preference import Preference
+
+        return Preference(cfg)
     from glmtune.train.tasks.classification import Classification
 
     return Classification(cfg)

@@ -66,12 +66,14 @@ class Classification:
 
         self.dataset = data_mod.load_classification(self.cfg.data)
         # data.augment: noisy copies of the training split only; validation and test stay as read
+        read = len(self.dataset.train)
         self.dataset.train = augment_examples(
             self.dataset.train,
             self.cfg.data.augment,
             self.cfg.train.seed,
             translator_for(self.cfg.data.augment),
         )
+        self.dataset.counts["train"].resize("augmented copies (data.augment)", read, len(self.dataset.train))
         self.labels = self.dataset.labels
         self.splits = {name: getattr(self.dataset, name) for name in ("train", "validation", "test")}
         self.prompt = None  # classification through a prompt (cfg.prompt): the LM's head scores label words
@@ -115,7 +117,8 @@ class Classification:
 
             texts = [example.text for example in self.splits["train"]]
             self.teacher_logp = distill.teacher_log_probs(cfg, texts, self.labels)
-        self.truncated = {name: ds.num_truncated for name, ds in encoded.items() if ds.num_truncated}
+        for name, ds in encoded.items():  # cut to max_seq_len tokens, never dropped: a text always fits
+            self.dataset.counts[name].truncated = ds.num_truncated
         self.frozen = None  # freeze: the frozen layers' outputs, kept per training example (models.speed)
         if cfg.method.name == "freeze" and train.adversarial.name == "none":  # FGM/PGD perturb their input
             from glmtune.methods.speed import frozen_outputs
@@ -145,11 +148,10 @@ class Classification:
         }
 
     def describe(self) -> list[str]:
-        lines = []
-        if self.truncated:
-            lines.append(
-                f"cut to train.max_seq_len={self.cfg.train.max_seq_len} tokens: {self.truncated} examples per split"
-            )
+        from glmtune.data.summary import counts_table
+
+        truncated = f" (truncated: cut to train.max_seq_len={self.cfg.train.max_seq_len} tokens)"
+        lines = ["examples per split" + truncated, counts_table(self.dataset.counts)]
         if self.prompt is not None:
             lines.append(f"prompt ({len(self.prompt.demonstrations)}-shot): {self.prompt.render('{text}')!r}")
             # Words of one token are scored in one forward pass; longer ones cost a pass per word (see docs/recipes.md, "Prompt learning and soft prompts").
@@ -164,8 +166,7 @@ class Classification:
                 f"the {self.frozen.frozen} frozen layers run once per training example: their outputs are kept "
                 f"(up to {budget:g} GB, method.frozen_cache_gb) and reused from epoch 2 on"
             )
-        sizes = " / ".join(f"{len(self.splits[n])} {n}" for n in ("train", "validation", "test"))
-        return lines + [f"{sizes} examples"]
+        return lines
 
     def size(self, split: str) -> int:
         return len(self.splits[split])
@@ -212,6 +213,7 @@ class Classification:
     def evaluate(
         self, model: torch.nn.Module, split: str, accelerator: Any, final: bool = False
     ) -> dict[str, Any]:
+        """Every classification metric of ``split`` (``n``: its used examples, the counts table's)."""
         from glmtune import metrics as evaluation
 
         probs, gold, loss = predict(model, self.loaders[split], accelerator)

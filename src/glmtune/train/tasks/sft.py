@@ -1,7 +1,9 @@
 """Supervised fine-tuning (``task: sft``): a causal LM learns the assistant's replies of conversations.
 
 Data: ``data.sft.load_sft`` (files or built-in datasets, weighted mix, seeded splits) → ``data.templates``
-(chat template, label masks, whole-round truncation) → padded or packed batches. Loss: next-token
+(one chat template for every split, chosen knowing whether the data has tools; label masks, whole-round
+truncation) → padded or packed batches. A conversation that does not fit ``train.max_seq_len`` is dropped from
+its split for everything (loss, generation, ``n``), as the counts table says (``data.summary``). Loss: next-token
 cross-entropy over the learned (label) tokens, a token mean over the batch. Evaluation of a split: the same
 loss and its perplexity over every encodable conversation (the LM head on learned positions only), and, when
 ``eval.generation`` asks for it (by default the final evaluations: before and after training, and test; a
@@ -71,6 +73,7 @@ class SFT:
         self.evaluations = 0  # validation evaluations during training so far, in this process
         self.logged = LOSS_METRICS + (GENERATION_METRICS if self.generate_every else ())
         self.prompts: dict[str, list[list[int]]] = {}  # split → generation prompt ids, made once
+        self.progress: str | None = None  # train.run names the untuned model's evaluation: its progress bars
 
     # 1. data: read, split, then tokenizer, template and encoding (every bad-input error happens here)
     def load_data(self) -> None:
@@ -82,15 +85,26 @@ class SFT:
         cfg = self.cfg
         self.data = load_sft(cfg.data)
         # data.augment: copies of training conversations with noisy user turns; validation and test as read
+        read = len(self.data.train)
         self.data.train = augment_conversations(
             self.data.train, cfg.data.augment, cfg.train.seed, translator_for(cfg.data.augment)
         )
+        self.data.counts["train"].resize("augmented copies (data.augment)", read, len(self.data.train))
         self.splits = {name: getattr(self.data, name) for name in ("train", "validation", "test")}
         self.tokenizer = load_tokenizer(cfg.model)
-        self.format = resolve_template(self.tokenizer, cfg.data.template)
+        # One format for every split, chosen knowing whether any conversation has tools
+        self.format = resolve_template(self.tokenizer, cfg.data.template, *self.splits.values())
+        if cfg.data.template == "auto" and self.format.name != resolve_template(self.tokenizer, "auto").name:
+            # the tools chose another format than 'auto' alone gives: config.yaml names it, so a finished run
+            # (predict, chat, serve) prompts the model in the format it trained in
+            cfg.data.template = self.format.name
         self.encoded = {
-            name: _encode(self.tokenizer, conversations, cfg) for name, conversations in self.splits.items()
+            name: _encode(self.tokenizer, convs, self.format, cfg) for name, convs in self.splits.items()
         }
+        for name, encoded in self.encoded.items():
+            self.data.counts[name].encoded(encoded.num_truncated, encoded.num_dropped, cfg.train.max_seq_len)
+        # what each split trains or is evaluated on: the conversations that fit
+        self.used = {name: [self.splits[name][i] for i in e.kept] for name, e in self.encoded.items()}
         if not self.encoded["train"].examples:
             raise UserError(
                 f"no training conversation fits train.max_seq_len={cfg.train.max_seq_len} "
@@ -98,7 +112,6 @@ class SFT:
                 field="train.max_seq_len",
                 expected="a larger train.max_seq_len",
             )
-        self.counts = {n: (e.num_truncated, e.num_dropped) for n, e in self.encoded.items()}
 
     # 2. model
     def build_model(self) -> tuple[torch.nn.Module, Any]:
@@ -151,19 +164,16 @@ class SFT:
         return loaders
 
     def describe(self) -> list[str]:
-        cut = {n: c for n, c in self.counts.items() if any(c)}
+        from glmtune.data.summary import counts_table
+
         lines = [f"template {self.format.name} · stop ids {self.format.stop_ids()}"]
         if self.teacher is not None:
             lines.append(f"distilling from {self.cfg.method.distill.teacher} (token-level KL)")
-        if cut:
-            lines.append(
-                f"(truncated, dropped) at train.max_seq_len={self.cfg.train.max_seq_len}: {cut} per split"
-            )
-        sizes = " / ".join(f"{len(self.splits[n])} {n}" for n in ("train", "validation", "test"))
-        return lines + [f"{sizes} conversations"]
+        return lines + ["conversations per split:", counts_table(self.data.counts)]
 
     def size(self, split: str) -> int:
-        return len(self.splits[split])
+        """The conversations of ``split`` that are trained or evaluated on (the counts table's ``used``)."""
+        return len(self.used[split])
 
     def eval_scale(self, split: str) -> float:
         """The work of ``split``'s final evaluation relative to validation's, for a time budget that timed one
@@ -184,7 +194,9 @@ class SFT:
 
     def _prompts(self, split: str) -> list[list[int]]:
         if split not in self.prompts:
-            self.prompts[split] = [_prompt(self.tokenizer, c, self.cfg) for c in self.splits[split]]
+            self.prompts[split] = [
+                _prompt(self.tokenizer, c, self.format, self.cfg) for c in self.used[split]
+            ]
         return self.prompts[split]
 
     # 4. the loss of one batch: token mean over the batch's learned tokens
@@ -214,14 +226,23 @@ class SFT:
 
     # 5. evaluation
     @torch.no_grad()
-    def _loss(self, model: torch.nn.Module, split: str, accelerator: Any) -> float:
+    def _loss(
+        self, model: torch.nn.Module, split: str, accelerator: Any, progress: str | None = None
+    ) -> float:
         """Token-mean loss over the whole (sharded) split, gathered once per example; the LM head runs on learned
-        positions only where the model allows it (prompts never reach the [*, vocab] projection)."""
+        positions only where the model allows it (prompts never reach the [*, vocab] projection). ``progress``:
+        a progress bar with that name."""
+        from tqdm.auto import tqdm
+
         was_training = model.training
         model.eval()
         learned_only = accepts_learned_mask(model)
         sums_all, counts_all = [], []
-        for batch in self.loaders[split]:
+        shown = progress is not None and accelerator.is_main_process
+        loader = self.loaders[split]
+        for batch in tqdm(
+            loader, desc=f"{progress} (loss)", unit="batch", disable=not shown, dynamic_ncols=True
+        ):
             inputs = {k: v for k, v in batch.items() if k not in ("labels", "index")}
             mask = learned_mask(batch["labels"]) if learned_only else None  # [batch, seq]
             if mask is not None:
@@ -240,12 +261,15 @@ class SFT:
     def evaluate(
         self, model: torch.nn.Module, split: str, accelerator: Any, final: bool = False
     ) -> dict[str, Any]:
+        """Loss and perplexity of ``split`` (and its generation metrics when this evaluation generates), with
+        progress bars named ``self.progress`` when it is set (the untuned model's evaluation, before training)."""
         from glmtune import metrics as evaluation
 
-        loss = self._loss(model, split, accelerator)
+        progress = self.progress
+        loss = self._loss(model, split, accelerator, progress)
         metrics: dict[str, Any] = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
         if self._generates(split, final):
-            rows = self._generate(accelerator.unwrap_model(model), split, accelerator)
+            rows = self._generate(accelerator.unwrap_model(model), split, accelerator, progress)
             self.rows[split] = rows
             metrics.update(
                 evaluation.generation_metrics([r["output"] for r in rows], [r["reference"] for r in rows])
@@ -264,17 +288,26 @@ class SFT:
         self.evaluations += 1
         return self.evaluations % self.generate_every == 0
 
-    def _generate(self, model: torch.nn.Module, split: str, accelerator: Any) -> list[dict[str, Any]]:
-        """A reply to every conversation of ``split`` (shared out over processes, gathered in order)."""
+    def _generate(
+        self, model: torch.nn.Module, split: str, accelerator: Any, progress: str | None = None
+    ) -> list[dict[str, Any]]:
+        """A reply to every used conversation of ``split`` (shared out over processes, gathered in order)."""
         from accelerate.utils import gather_object
 
-        conversations = self.splits[split]
+        conversations = self.used[split]
         mine = list(range(accelerator.process_index, len(conversations), accelerator.num_processes))
         cfg = self.cfg
         prompts = [self._prompts(split)[i] for i in mine]
         gen_cfg = generation_config(cfg, self.format.stop_ids())
         replies = generate_replies(
-            model, self.tokenizer, prompts, gen_cfg, cfg.eval.batch_size, autocast=accelerator.autocast
+            model,
+            self.tokenizer,
+            prompts,
+            gen_cfg,
+            cfg.eval.batch_size,
+            autocast=accelerator.autocast,
+            progress=progress is not None and accelerator.is_main_process,
+            desc=f"{progress} (replies)",
         )
         rows = [(i, _row(conversations[i], reply)) for i, reply in zip(mine, replies)]
         if accelerator.num_processes > 1:
@@ -297,15 +330,16 @@ class SFT:
         print(evaluation.format_metrics_table(columns, TABLE_ROWS))
 
 
-def _encode(tokenizer: Any, conversations: list[Conversation], cfg: Config) -> Any:
-    """``data.templates.encode_conversations`` with the run's settings; template errors name ``data.template``."""
+def _encode(tokenizer: Any, conversations: list[Conversation], fmt: Any, cfg: Config) -> Any:
+    """``data.templates.encode_conversations`` with the run's format and settings; template errors name
+    ``data.template``."""
     from glmtune.data.templates import encode_conversations
 
     try:
         return encode_conversations(
             tokenizer,
             conversations,
-            cfg.data.template,
+            fmt,
             max_seq_len=cfg.train.max_seq_len,
             train_on_prompt=cfg.data.train_on_prompt,
         )
@@ -313,10 +347,8 @@ def _encode(tokenizer: Any, conversations: list[Conversation], cfg: Config) -> A
         raise as_config_field(error) from None
 
 
-def _prompt(tokenizer: Any, conversation: Conversation, cfg: Config) -> list[int]:
-    return prompt_ids(
-        tokenizer, conversation.messages[:-1], conversation.tools, cfg.data.template, cfg.train.max_seq_len
-    )
+def _prompt(tokenizer: Any, conversation: Conversation, fmt: Any, cfg: Config) -> list[int]:
+    return prompt_ids(tokenizer, conversation.messages[:-1], conversation.tools, fmt, cfg.train.max_seq_len)
 
 
 def _row(conversation: Conversation, reply: Any) -> dict[str, Any]:

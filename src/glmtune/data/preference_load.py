@@ -1,0 +1,93 @@
+"""Preference data's splits: files or a built-in preference dataset → seeded train / validation / test.
+
+``data.train_file`` (or ``data.dataset``, a built-in preference dataset) is read by ``data.preference``; validation
+and test come from ``data.validation_file`` / ``data.test_file`` or are carved from the training records (seeded
+by ``data.seed``), as SFT does. ``data.max_train_samples`` / ``max_eval_samples`` cap the training and validation
+examples (a seeded sample, file order kept).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from glmtune.core.config import DataConfig
+from glmtune.core.errors import UserError
+from glmtune.data.classification import split_count
+from glmtune.data.preference import PreferenceExample, examples_from_records
+from glmtune.data.read import read_records
+
+
+@dataclass
+class PreferenceData:
+    """The three splits of a preference run."""
+
+    train: list[PreferenceExample]
+    validation: list[PreferenceExample]
+    test: list[PreferenceExample]
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        return {name: {"total": len(getattr(self, name))} for name in ("train", "validation", "test")}
+
+
+def read_examples(path: str, cfg: DataConfig) -> list[PreferenceExample]:
+    """Every example of a file (any preference format); an empty file is an error."""
+    examples = examples_from_records(read_records(path, encoding=cfg.encoding, sheet=cfg.sheet), path)
+    if not examples:
+        raise UserError("no examples in the file", file=path, expected="at least one record")
+    return examples
+
+
+def _builtin(name: str) -> list[PreferenceExample]:
+    from glmtune.data.builtin import get_dataset
+
+    dataset = get_dataset(name)
+    if dataset.task != "preference":
+        raise UserError(
+            f"built-in dataset '{name}' is for {dataset.task}, not preference",
+            field="data.dataset",
+            expected="a preference dataset (glmtune data list)",
+        )
+    return examples_from_records(dataset.loader(), name)
+
+
+def _sample(examples: list[PreferenceExample], limit: int | None, seed: int) -> list[PreferenceExample]:
+    if limit is None or limit >= len(examples):
+        return examples
+    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
+    return [examples[i] for i in keep]
+
+
+def load_preference(cfg: DataConfig) -> PreferenceData:
+    """Read, check and split the data of a preference run (see the module docstring)."""
+    if cfg.train_file is not None:
+        pool = read_examples(cfg.train_file, cfg)
+    elif cfg.dataset is not None:
+        pool = _builtin(cfg.dataset)
+    else:
+        raise UserError("no data", field="data.train_file", expected="a preference file or data.dataset")
+    validation = read_examples(cfg.validation_file, cfg) if cfg.validation_file else None
+    test = read_examples(cfg.test_file, cfg) if cfg.test_file else None
+    n_test = split_count(cfg.test_size, len(pool), "data.test_size") if test is None else 0
+    n_validation = (
+        split_count(cfg.validation_size, len(pool), "data.validation_size") if validation is None else 0
+    )
+    if len(pool) - n_test - n_validation < 1:
+        raise UserError(
+            f"{len(pool)} examples leave none for training after {n_validation} validation and {n_test} test",
+            field="data.validation_size",
+            expected="smaller data.validation_size / data.test_size, or more data",
+        )
+    order = list(range(len(pool)))
+    random.Random(cfg.seed).shuffle(order)
+    held = set(order[: n_test + n_validation])
+    carved_test = [pool[i] for i in sorted(order[:n_test])]
+    carved_validation = [pool[i] for i in sorted(order[n_test : n_test + n_validation])]
+    train = _sample([e for i, e in enumerate(pool) if i not in held], cfg.max_train_samples, cfg.seed)
+    validation = _sample(
+        validation if validation is not None else carved_validation, cfg.max_eval_samples, cfg.seed
+    )
+    return PreferenceData(train, validation, test if test is not None else carved_test)
+
+
+__all__ = ["PreferenceData", "load_preference", "read_examples"]
