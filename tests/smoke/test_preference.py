@@ -74,6 +74,10 @@ def test_preference_run_writes_a_causal_lm_run_folder(tmp_path, tiny_model_dir, 
     assert json.loads((run / "eval" / "pairs" / "metrics.json").read_text())["n"] == 30 * (
         2 if loss == "kto" else 1
     )
+    if method == "lora":  # int8 export: scored as an LM on each test prompt with its chosen response
+        main(["export", str(run), "--out", str(tmp_path / "int8"), "--quantize", "int8"])
+        report = json.loads((tmp_path / "int8" / "quantization.json").read_text())
+        assert report["examples"] == 6 and "loss" in report["fp32"] and "loss" in report["int8"]
 
 
 @pytest.mark.usefixtures("reset_accelerate")

@@ -6,9 +6,14 @@ import dataclasses
 import time
 from typing import Any
 
+from glmtune.core.config.choices import CAUSAL_TASKS
 from glmtune.core.errors import UserError
 
-MEASURE_LIMIT = {"classification": 256, "sft": 32}  # examples timed and scored per precision
+MEASURE_LIMIT = {
+    "classification": 256,
+    "sft": 32,
+    "preference": 32,
+}  # examples timed and scored per precision
 
 
 def holder_of(loaded: Any) -> Any:
@@ -30,10 +35,21 @@ def _weights_mb(model: Any) -> float:
 
 
 def _measure_data(loaded: Any, data: str | None) -> list[Any]:
-    """Labelled examples (classification) or conversations (sft): ``data`` or the run's test split."""
+    """Labelled examples (classification) or conversations (sft; preference: each prompt with its chosen or
+    desirable response): ``data`` or the run's test split."""
     cfg = loaded.cfg
     # ``data`` is read as training read its files (data.format, data.columns, data.encoding, data.sheet)
-    if cfg.task == "sft":
+    if cfg.task == "preference":
+        from glmtune.data.messages import Conversation
+        from glmtune.data.preference_load import load_preference, read_examples
+
+        examples = read_examples(data, cfg.data) if data else load_preference(cfg.data).test
+        items = [
+            Conversation([*e.prompt, e.chosen], e.tools, e.line, e.source)
+            for e in examples
+            if e.rejected is not None or e.desirable  # a KTO record labelled undesirable is not a target
+        ]
+    elif cfg.task == "sft":
         from glmtune.data.sft import load_sft, read_file
 
         items = read_file(data, cfg.data) if data else load_sft(cfg.data).test
@@ -60,7 +76,7 @@ def _score(loaded: Any, items: list[Any]) -> dict[str, Any]:
     import torch
 
     start = time.perf_counter()
-    if loaded.cfg.task == "sft":
+    if loaded.cfg.task in CAUSAL_TASKS:
         from glmtune.infer import lm
 
         lm.conversation_loss(loaded, items)
