@@ -43,6 +43,23 @@ def write_results(
     return results
 
 
+def write_and_print(
+    path: Path, results: dict[str, Any], baseline: str, label: str, loss: str = "final_loss"
+) -> None:
+    """``write_results`` with each side's precision, then one line per side and the ratios glmtune / ``label``
+    (``results`` holds ``baseline`` and ``glmtune`` side dicts, ``speedup`` and ``rss_ratio``)."""
+    write_results(
+        path, results, precision={kind: results[kind]["precision"] for kind in ("glmtune", baseline)}
+    )
+    for kind in (baseline, "glmtune"):
+        r = results[kind]
+        print(
+            f"{kind:>8}: {r['tokens_per_s']:7.1f} real tokens/s over {r['steps']} steps · "
+            f"peak RSS {r['peak_rss_mib']:7.0f} MiB · {loss.replace('_', ' ')} {r[loss]:.4f}"
+        )
+    print(f"glmtune / {label}: {results['speedup']:.2f}× tokens/s, {results['rss_ratio']:.2f}× peak RSS")
+
+
 def machine_name(block: dict[str, Any]) -> str:
     """The processor a hardware block names (a measured block, or one recorded from the docs)."""
     cpu = block.get("cpu")

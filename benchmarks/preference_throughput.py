@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import TrainerClock, auto_precision, glmtune_rate, run_child, worker_output, write_results  # noqa: E402
+from harness import TrainerClock, auto_precision, glmtune_rate, run_child, worker_output, write_and_print  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
@@ -169,15 +169,7 @@ def main() -> None:
     }
     results["speedup"] = results["glmtune"]["tokens_per_s"] / results["trl"]["tokens_per_s"]
     results["rss_ratio"] = results["glmtune"]["peak_rss_mib"] / results["trl"]["peak_rss_mib"]
-    precision = {kind: results[kind]["precision"] for kind in ("glmtune", "trl")}
-    write_results(args.out, results, precision=precision)
-    for kind in ("trl", "glmtune"):
-        r = results[kind]
-        print(
-            f"{kind:>8}: {r['tokens_per_s']:7.1f} real tokens/s over {r['steps']} steps · "
-            f"peak RSS {r['peak_rss_mib']:7.0f} MiB · mean loss {r['mean_loss']:.4f}"
-        )
-    print(f"glmtune / TRL: {results['speedup']:.2f}× tokens/s, {results['rss_ratio']:.2f}× peak RSS")
+    write_and_print(args.out, results, "trl", "TRL", "mean_loss")
     print(args.out)
 
 

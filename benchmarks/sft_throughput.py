@@ -41,7 +41,7 @@ from harness import (  # noqa: E402
     glmtune_rate,
     run_child,
     worker_output,
-    write_results,
+    write_and_print,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -233,15 +233,7 @@ def main() -> None:
     args.out = args.out or RESULTS / (
         "sft_throughput.json" if args.batches == "own" else "sft_throughput_same.json"
     )
-    precision = {kind: results[kind]["precision"] for kind in ("glmtune", "trainer")}
-    write_results(args.out, results, precision=precision)
-    for kind in ("trainer", "glmtune"):
-        r = results[kind]
-        print(
-            f"{kind:>8}: {r['tokens_per_s']:7.1f} real tokens/s over {r['steps']} steps · "
-            f"peak RSS {r['peak_rss_mib']:7.0f} MiB · final loss {r['final_loss']:.4f}"
-        )
-    print(f"glmtune / Trainer: {results['speedup']:.2f}× tokens/s, {results['rss_ratio']:.2f}× peak RSS")
+    write_and_print(args.out, results, "trainer", "Trainer", "final_loss")
     curve = results.get("loss_curve")
     if curve:
         print(

@@ -29,7 +29,7 @@ from harness import (  # noqa: E402
     glmtune_rate,
     run_child,
     worker_output,
-    write_results,
+    write_and_print,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -175,15 +175,7 @@ def main() -> None:
     results["speedup"] = results["glmtune"]["tokens_per_s"] / results["trainer"]["tokens_per_s"]
     results["rss_ratio"] = results["glmtune"]["peak_rss_mib"] / results["trainer"]["peak_rss_mib"]
     out = args.out
-    precision = {kind: results[kind]["precision"] for kind in ("glmtune", "trainer")}
-    write_results(out, results, precision=precision)
-    for kind in ("trainer", "glmtune"):
-        r = results[kind]
-        print(
-            f"{kind:>8}: {r['tokens_per_s']:7.1f} real tokens/s over {r['steps']} steps · "
-            f"peak RSS {r['peak_rss_mib']:7.0f} MiB · final loss {r['final_loss']:.4f}"
-        )
-    print(f"glmtune / Trainer: {results['speedup']:.2f}× tokens/s, {results['rss_ratio']:.2f}× peak RSS")
+    write_and_print(out, results, "trainer", "Trainer", "final_loss")
     print(out)
 
 

@@ -188,14 +188,17 @@ def glmtune_chat(*args: str, lines: str):
 
 
 @contextlib.contextmanager
-def running(app):
-    """Serve ``app`` with uvicorn in a thread on a free loopback port; yields the base URL."""
+def running(app, log_level: str = "warning", after_config=None):
+    """Serve ``app`` with uvicorn in a thread on a free loopback port; yields the base URL. ``after_config()``
+    runs once uvicorn's loggers are set up (e.g. ``serve``'s access-log filter)."""
     import uvicorn
 
     from glmtune.infer.serve import bind
 
     sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
+    if after_config is not None:
+        after_config()
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -24,7 +24,7 @@ import yaml
 
 from glmtune.train.checkpoint import FAULT_POINTS
 from tests.helpers import ENV, review, run_cli, tiny_config, train, write_jsonl
-from tests.unit.train.test_checkpoint import legacy_checkpoint
+from tests.unit.train.test_checkpoint import CHECKPOINT_FILES, legacy_checkpoint
 
 STEPS = 6  # checkpoints at 2, 4 and 6; the straight run keeps all three
 
@@ -97,18 +97,7 @@ def one_line(capsys) -> str:
 # --------------------------------------------------------------------------- damaged checkpoints
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "model.safetensors",
-        "optimizer.safetensors",
-        "optimizer.json",
-        "scheduler.json",
-        "accelerator.json",
-        "trainer_state.json",
-        "manifest.json",
-    ],
-)
+@pytest.mark.parametrize("name", CHECKPOINT_FILES)
 def test_a_truncated_checkpoint_file_falls_back_to_the_previous_one(straight, tmp_path, capsys, name):
     run = killed_after_step_4(straight, tmp_path)
     path = run / "checkpoints" / "step-0000004" / name

@@ -5,7 +5,6 @@ rebinding); ``/openapi.json`` needs the key; access logs carry no query strings.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -411,28 +410,11 @@ def test_openapi_and_docs_need_the_key(keyed):
     assert httpx.get(keyed + "/health").status_code == 200  # probes need no key
 
 
-@contextlib.contextmanager
 def _logging_server(app):
-    """Like ``tests.helpers.running``, with uvicorn's access log on (INFO) and ``serve``'s log filter."""
-    import uvicorn
+    """``tests.helpers.running`` with uvicorn's access log on (INFO) and ``serve``'s log filter."""
+    from glmtune.infer.serve import hide_query_strings
 
-    from glmtune.infer.serve import bind, hide_query_strings
-
-    sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="info"))  # sets up uvicorn's loggers
-    hide_query_strings()
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    return running(app, log_level="info", after_config=hide_query_strings)
 
 
 class _Lines(logging.Handler):

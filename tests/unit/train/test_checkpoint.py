@@ -21,6 +21,17 @@ from glmtune.train import checkpoint
 from glmtune.train.statefiles import load_packed, pack, rng_state, save_packed, save_tensors, set_rng_state
 from glmtune.train.track import Tracker, read_log
 
+# Every file of a one-process checkpoint but the random state (whose damage is only a warning).
+CHECKPOINT_FILES = [
+    "model.safetensors",
+    "optimizer.safetensors",
+    "optimizer.json",
+    "scheduler.json",
+    "accelerator.json",
+    "trainer_state.json",
+    "manifest.json",
+]
+
 
 def test_pack_round_trips_what_json_has_no_type_for(tmp_path):
     value = {
@@ -81,18 +92,7 @@ def test_an_intact_checkpoint_verifies(tmp_path):
     )
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "model.safetensors",
-        "optimizer.safetensors",
-        "optimizer.json",
-        "scheduler.json",
-        "accelerator.json",
-        "trainer_state.json",
-        "manifest.json",
-    ],
-)
+@pytest.mark.parametrize("name", CHECKPOINT_FILES)
 def test_a_truncated_file_falls_back_to_the_previous_checkpoint(tmp_path, name):
     run = run_with_checkpoints(tmp_path, 2, 4)
     path = run.checkpoints / "step-0000004" / name
