@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from glmtune.core.config.augment import AugmentConfig
 from glmtune.core.config.choices import (
     ATTENTION,
     CAUSAL_TASKS,
@@ -34,7 +35,7 @@ from glmtune.core.config.choices import (
 )
 from glmtune.core.config.eval_tune import EvalConfig, GenerateConfig, TuneConfig
 from glmtune.core.config.method_train import AdversarialConfig, DistillConfig, MethodConfig, TrainConfig
-from glmtune.core.config.model_data import AugmentConfig, DataConfig, ModelConfig, PromptConfig, TrainSource
+from glmtune.core.config.model_data import DataConfig, ModelConfig, PromptConfig, TrainSource
 from glmtune.core.config.preference import PreferenceConfig
 from glmtune.core.errors import UserError
 
