@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from glmtune import __version__
+from glmtune.cli import kb
 from glmtune.cli.data import cmd_data, cmd_models
 from glmtune.cli.env import cmd_env
 from glmtune.cli.inference import cmd_chat, cmd_ensemble, cmd_eval, cmd_export, cmd_predict, cmd_serve
@@ -115,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the tune folder (default: runs/<config name>-tune)")
     p.add_argument("--resume", metavar="TUNE_DIR", help="continue a killed search")
     p.set_defaults(func=cmd_tune)
+
+    kb.add_parser(sub)
 
     p = sub.add_parser("models", help="list built-in models")
     p.add_argument("--cache-dir", help="the built-in model cache to inspect")
