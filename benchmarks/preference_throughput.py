@@ -14,6 +14,10 @@ pre-hook that sees the policy's and the reference's forward, so it is halved.
 
     .venv/bin/python benchmarks/preference_throughput.py [--steps 30] [--batch-size 4] [--max-seq-len 128]
 
+The committed results were measured on the earlier ``chatterbot-zh-pairs`` (another question's corpus reply as
+rejected; today's rejected replies are the untuned SmolLM2's own, longer). LoRA DPO against LoRA SFT memory:
+``benchmarks/preference_memory.py``.
+
 Writes benchmarks/results/preference_throughput.json (``--out`` to change) with the machine and each side's
 precision (``harness.write_results``), and prints the ratio glmtune / TRL.
 """

@@ -148,3 +148,31 @@ def test_tool_calls_in_prompt_and_response_are_rendered_or_refused():
     assert (caught.value.file, caught.value.line) == ("pairs.jsonl", 1) and "cannot render" in str(
         caught.value
     )
+
+
+def test_builtin_pairs_are_the_corpus_reply_against_smollm2s_own_reply():
+    """chatterbot-zh-pairs, checked against the corpus's YAML read here and the shipped replies file."""
+    import json
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    import yaml
+
+    from glmtune.data.builtin import BUILTIN_DATA, SMOLLM2_REPLIES, load_chatterbot_zh_pairs
+
+    folder = Path(next(iter(find_spec("chatterbot_corpus").submodule_search_locations))) / "data" / "chinese"
+    answers: dict[str, set[str]] = {}
+    for path in folder.glob("*.yml"):
+        for item in yaml.safe_load(path.read_text(encoding="utf-8"))["conversations"]:
+            if len(item) in (2, 3):  # an unanswered third turn is dropped
+                answers.setdefault(str(item[0]).strip(), set()).add(str(item[1]).strip())
+    shipped = [json.loads(line) for line in (BUILTIN_DATA / SMOLLM2_REPLIES).read_text("utf-8").splitlines()]
+    replies = {r["prompt"]: r["reply"] for r in shipped}
+    assert len(replies) == len(shipped) == len(answers)  # one generated reply per distinct question
+    pairs = load_chatterbot_zh_pairs()
+    assert len(pairs) == 453
+    for pair in pairs:
+        assert pair["chosen"] in answers[pair["prompt"]] and pair["rejected"] == replies[pair["prompt"]]
+        assert pair["rejected"] and pair["rejected"] != pair["chosen"]
+    examples = examples_from_records(pairs, "chatterbot-zh-pairs")
+    assert [e.rejected.content for e in examples] == [p["rejected"] for p in pairs]
