@@ -36,6 +36,7 @@ from glmtune.core.config import MethodConfig
 from glmtune.core.errors import UserError
 from glmtune.core.runs import RunDir, atomic_dir, atomic_path
 from glmtune.methods import variants
+from glmtune.methods.sharding import whole_tensors_fit
 from glmtune.methods.speed import fuse_lora, use_fast_dropout
 from glmtune.methods.variants import loraplus_b as loraplus_b  # re-exported: LoRA+ (the optimizer's groups)
 from glmtune.models.anatomy import transformer_layers
@@ -187,26 +188,43 @@ def apply(classifier: nn.Module, cfg: MethodConfig) -> ParamCount:
     return count_parameters(classifier)
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors that training changes, keyed as in ``model.state_dict()``."""
+def trainable_state(
+    model: nn.Module, state: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """The tensors that training changes, keyed as in ``model.state_dict()`` (taken from ``state`` if given)."""
     names = {name for name, p in model.named_parameters() if p.requires_grad}
-    return {k: v for k, v in model.state_dict().items() if k in names}
+    return {k: v for k, v in (model.state_dict() if state is None else state).items() if k in names}
 
 
-def save(classifier: nn.Module, cfg: MethodConfig, run: RunDir) -> None:
-    """Write what training changed into the run folder, atomically (adapter/, body.safetensors, head)."""
+def save(
+    classifier: nn.Module, cfg: MethodConfig, run: RunDir, state: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Write what training changed into the run folder, atomically (adapter/, body.safetensors, head).
+
+    ``state``: the trainable tensors, whole, keyed as in ``classifier.state_dict()``, for a sharded model (FSDP)
+    whose parameters are only this process's slices (``glmtune.train.sharded.trainable_state`` gathers them)."""
+    body_state = _part(state, "backbone.")
     if cfg.name in PEFT_METHODS:
         with atomic_dir(run.adapter) as tmp:  # PiSSA/OLoRA: converted to a LoRA on the original base
-            variants.save_adapter(classifier.backbone, cfg.lora_variant, tmp)
+            variants.save_adapter(classifier.backbone, cfg.lora_variant, tmp, state_dict=body_state)
     else:
-        body = {k: v.detach().contiguous().cpu() for k, v in trainable_state(classifier.backbone).items()}
+        trained = trainable_state(classifier.backbone, body_state)
+        body = {k: v.detach().contiguous().cpu() for k, v in trained.items()}
         with atomic_path(run.body) as tmp:
             save_file(body, str(tmp))
     if classifier.head is None:
         return
-    head = {k: v.detach().contiguous().cpu() for k, v in classifier.head.state_dict().items()}
+    head_state = _part(state, "head.") or classifier.head.state_dict()
+    head = {k: v.detach().contiguous().cpu() for k, v in head_state.items()}
     with atomic_path(run.head) as tmp:
         save_file(head, str(tmp))
+
+
+def _part(state: dict[str, torch.Tensor] | None, prefix: str) -> dict[str, torch.Tensor] | None:
+    """The tensors of ``state`` under ``prefix``, the prefix dropped (None when there is no ``state``)."""
+    if state is None:
+        return None
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def load(classifier: nn.Module, cfg: MethodConfig, run: RunDir) -> None:
@@ -228,7 +246,13 @@ def load(classifier: nn.Module, cfg: MethodConfig, run: RunDir) -> None:
 
 
 def restore(classifier: nn.Module, cfg: MethodConfig, run: RunDir) -> None:
-    """Load the run folder's (best) weights back onto a classifier that already has the method applied."""
+    """Load the run folder's (best) weights back onto a classifier that already has the method applied (under
+    FSDP each process keeps its slice of them)."""
+    with whole_tensors_fit(classifier):
+        _restore(classifier, cfg, run)
+
+
+def _restore(classifier: nn.Module, cfg: MethodConfig, run: RunDir) -> None:
     if cfg.name in PEFT_METHODS:
         from peft import set_peft_model_state_dict
 

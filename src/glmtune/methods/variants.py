@@ -71,10 +71,14 @@ def remember_initial(model: nn.Module, variant: str) -> None:
     _INITIAL[model] = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
 
 
-def save_adapter(model: nn.Module, variant: str, folder: Path) -> None:
-    """``model.save_pretrained(folder)``; for PiSSA/OLoRA converted to a plain LoRA on the original base."""
+def save_adapter(
+    model: nn.Module, variant: str, folder: Path, state_dict: dict[str, torch.Tensor] | None = None
+) -> None:
+    """``model.save_pretrained(folder)``; for PiSSA/OLoRA converted to a plain LoRA on the original base.
+    ``state_dict``: the model's tensors when its parameters are shards (FSDP), else None (read from it)."""
+    kwargs = {} if state_dict is None else {"state_dict": state_dict}
     if variant not in REINIT:
-        model.save_pretrained(str(folder))
+        model.save_pretrained(str(folder), **kwargs)
         return
     initial = _INITIAL.get(model)
     if initial is None:  # only a model built by methods.apply is saved during training
@@ -84,7 +88,7 @@ def save_adapter(model: nn.Module, variant: str, folder: Path) -> None:
         path = Path(root) / "initial"
         path.mkdir()
         save_file(initial, str(path / "adapter_model.safetensors"))
-        model.save_pretrained(str(folder), path_initial_model_for_weight_conversion=str(path))
+        model.save_pretrained(str(folder), path_initial_model_for_weight_conversion=str(path), **kwargs)
 
 
 def trained_part(adapter: dict[str, torch.Tensor], r: int) -> dict[str, torch.Tensor]:

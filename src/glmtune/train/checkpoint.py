@@ -10,6 +10,8 @@ A checkpoint ``checkpoints/step-NNNNNNN/`` holds::
     trainer_state.json                      ``TrainerState``
     manifest.json                           every file above with its size and sha256, written last
 
+Under FSDP the trainable tensors and the optimizer state are gathered whole first (``glmtune.train.sharded``;
+the optimizer's then keyed by parameter name), so the files are the same whatever the number of processes.
 It is written into a hidden ``.step-NNNNNNN.tmp`` folder (each process its random state, the main process the
 rest), then the manifest, then renamed into place; older checkpoints are pruned after that. ``find`` picks the
 newest checkpoint whose manifest verifies and says which newer ones it skipped and why; a missing or damaged
@@ -38,6 +40,8 @@ import torch
 
 from glmtune.core.errors import UserError
 from glmtune.core.runs import RunDir, prune
+from glmtune.methods.sharding import whole_tensors_fit
+from glmtune.train import sharded
 from glmtune.train.statefiles import load_packed, rng_state, save_packed, save_tensors, set_rng_state
 
 PREFIX = "step-"
@@ -101,14 +105,21 @@ def write(s: Any, folder: Path) -> None:
     process the rest. (Also timed by the time budget's calibration.)"""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    model = s.accelerator.unwrap_model(s.model)
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    if sharded.is_sharded(model):  # FSDP: every process joins the gathers, the main one gets whole tensors
+        whole, optimizer = sharded.trainable_state(model), sharded.optimizer_state(model, s.optimizer)
+        trainable = {name: whole[name] for name in names} if s.main else {}
+    else:
+        params = dict(model.named_parameters())
+        trainable = {name: params[name].detach().contiguous() for name in names}
+        optimizer = s.optimizer.state_dict()
     save_packed(folder, f"rng-{s.accelerator.process_index}", rng_state())
     if not s.main:
         return
-    model = s.accelerator.unwrap_model(s.model)
-    trainable = {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
     save_tensors(folder / MODEL, trainable)
     _fault("weights", s.state.step)
-    save_packed(folder, "optimizer", s.optimizer.state_dict())
+    save_packed(folder, "optimizer", optimizer)
     _fault("optimizer", s.state.step)
     if s.scheduler is not None:  # None only while the time budget's calibration times a checkpoint
         save_packed(folder, "scheduler", s.scheduler.state_dict())
@@ -242,10 +253,10 @@ def load(s: Any, found: Found) -> dict[str, Any]:
             raise ValueError(
                 f"{len(weights)} tensors for {len(params)} trainable parameters (config edited?)"
             )
-        with torch.no_grad():
+        with torch.no_grad(), whole_tensors_fit(model):  # FSDP: each process keeps its slice
             for name, param in params.items():
                 param.copy_(weights[name])
-        s.optimizer.load_state_dict(optimizer)
+        _load_optimizer(s, model, optimizer)
         s.scheduler.load_state_dict(scheduler)
     except Exception as error:  # verified files that still do not fit: one line, no traceback
         raise UserError(
@@ -257,6 +268,18 @@ def load(s: Any, found: Found) -> dict[str, Any]:
         scaler.load_state_dict(accelerator["scaler"])
     _restore_rng(folder, s.accelerator.process_index)
     return state
+
+
+def _load_optimizer(s: Any, model: torch.nn.Module, state: dict[str, Any]) -> None:
+    """The optimizer state back: keyed by parameter name when written under FSDP (any number of processes may
+    resume it), by position otherwise (which a sharded model cannot take)."""
+    by_name = any(isinstance(p, str) for group in state["param_groups"] for p in group["params"])
+    if by_name:
+        sharded.load_optimizer_state(model, s.optimizer, state)
+    elif sharded.is_sharded(model):
+        raise ValueError("written without FSDP; resume it the way it was started, or --overwrite")
+    else:
+        s.optimizer.load_state_dict(state)
 
 
 def _restore_rng(folder: Path, process: int) -> None:

@@ -22,7 +22,7 @@ from glmtune.core import _compat
 from glmtune.core.config import Config, TrainConfig
 from glmtune.core.errors import UserError
 from glmtune.core.runs import RunDir
-from glmtune.train import checkpoint
+from glmtune.train import checkpoint, sharded
 from glmtune.train.techniques import adversarial, regularize
 from glmtune.train.track import Tracker
 
@@ -75,9 +75,12 @@ class Session:
         return self.accelerator.is_main_process
 
     def save_weights(self) -> None:
-        """The trained tensors into the run folder (main process only): the best weights so far."""
+        """The trained tensors into the run folder (written by the main process): the best weights so far. Every
+        process calls it: under FSDP the tensors are gathered from all of them first."""
+        model = self.accelerator.unwrap_model(self.model)
+        whole = sharded.trainable_state(model) if sharded.is_sharded(model) else None
         if self.main:
-            methods.save(self.accelerator.unwrap_model(self.model), self.cfg.method, self.run)
+            methods.save(model, self.cfg.method, self.run, state=whole)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -154,7 +157,8 @@ def evaluate_validation(s: Session) -> None:
     if not s.task.size("validation"):  # no validation data: the last weights are the ones kept
         return
     metrics = s.task.evaluate(s.model, "validation", s.accelerator)
-    value = metrics[train_cfg.metric]
+    # The main process's value on every process: all keep the same best weights and stop at the same step.
+    value = sharded.main_decides(s.accelerator, metrics[train_cfg.metric])
     s.tracker.log(state.step, "validation", **{k: metrics.get(k) for k in s.task.logged})
     state.history.append({"step": state.step, train_cfg.metric: value})
     if value is not None and improved(value, state.best_metric, train_cfg):
@@ -164,6 +168,7 @@ def evaluate_validation(s: Session) -> None:
         state.bad_evals += 1
     state.stopped_early = train_cfg.patience is not None and state.bad_evals >= train_cfg.patience
     caller_stops = s.on_evaluate is not None and s.on_evaluate(state.step, metrics)  # always told (Optuna)
+    caller_stops = sharded.main_decides(s.accelerator, caller_stops)
     if state.stopped_early:
         s.stop_reason = f"no {train_cfg.metric} gain for {train_cfg.patience} evals"
     elif caller_stops:
@@ -223,7 +228,8 @@ def _out_of_time(s: Session, eval_every: int) -> bool:
     if s.deadline is None:
         return False
     following = s.state.step + 1
-    return not s.deadline.next_step_fits(evaluates=following % eval_every == 0 or following == s.steps)
+    fits = s.deadline.next_step_fits(evaluates=following % eval_every == 0 or following == s.steps)
+    return not sharded.main_decides(s.accelerator, fits)  # each process's clock differs: the main one counts
 
 
 def _step(s: Session, batch: dict[str, Any]) -> tuple[float, int]:
@@ -248,6 +254,8 @@ def _after_optimizer_step(s: Session, loss: float, tokens: int) -> None:
     s.state.tokens += tokens
     s.tracker.update(s.state.step, loss=loss, lr=lr, tokens=tokens)
     if s.state.step % s.cfg.train.log_steps == 0 or s.state.step == 1:
+        if s.accelerator.num_processes > 1:  # the global batch's loss, as one process with that batch logs it
+            loss = s.accelerator.reduce(torch.tensor(loss, device=s.accelerator.device), "mean").item()
         s.tracker.log(s.state.step, "train", loss=loss, lr=lr, tokens=s.state.tokens)
 
 

@@ -246,12 +246,6 @@ def test_quantize_modes_not_available(tmp_path, fake_run, mode, words, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_gguf_is_refused_with_the_reason(tmp_path, fake_run, capsys):
-    err = export_fails(str(fake_run), "--out", str(tmp_path / "out"), "--gguf", capsys=capsys)
-    assert "not supported" in err and "convert_hf_to_gguf" in err
-    assert not (tmp_path / "out").exists()
-
-
 def test_existing_output_is_never_touched(tmp_path, fake_run, capsys):
     out = tmp_path / "out"
     out.mkdir()

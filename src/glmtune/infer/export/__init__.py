@@ -13,7 +13,9 @@
 - ``--quantize int8``: the merged model with every Linear in CPU int8 (``models.int8``), plus
   ``quantization.json``: speed and quality (accuracy, or loss/ROUGE) of fp32 vs int8 on the run's test split
   (``measure``).
-- ``--gguf``: refused (see ``GGUF_UNSUPPORTED``).
+- ``--gguf [--quant f16|q8_0|bf16|f32]``: the merged model as one GGUF file for llama.cpp/Ollama, its chat
+  template in the metadata, and an Ollama ``Modelfile`` (``gguf``). A folder of its own: transformers' GGUF
+  tokenizer loader drops the chat template when the folder also holds HF tokenizer files.
 
 Every export folder has ``export.json`` (what it is, the run's config) and a README.md; ``load_export`` loads any
 of them back for ``glmtune predict`` / ``chat``. The folder is written to a temporary name and renamed at the
@@ -33,6 +35,7 @@ from typing import Any
 
 from glmtune.core.config.choices import CAUSAL_TASKS
 from glmtune.core.errors import UserError
+from glmtune.infer.export import gguf as gguf_export
 from glmtune.infer.export.measure import MEASURE_LIMIT as MEASURE_LIMIT  # re-exported
 from glmtune.infer.export.measure import holder_of, measure_int8
 from glmtune.infer.export.readme import Native, loads_with_native, readme
@@ -41,20 +44,23 @@ EXPORT_FILE = "export.json"  # not glmtune.json: an export is not a run folder
 EXPORT_FORMAT = 1
 QUANTIZE_MODES = ("int8",)
 BITSANDBYTES_MODES = ("int4", "nf4", "fp4", "4bit", "8bit", "bnb4", "bnb8")
-GGUF_UNSUPPORTED = (
-    "--gguf is not supported: no maintained offline HF→GGUF converter can be installed from PyPI (llama.cpp's "
-    "convert_hf_to_gguf.py ships only in its source tree; the gguf package reads/writes the format but has no "
-    "per-architecture weight and tokenizer conversion)"
-)
 
 
 # =========================================================================== checks (before any loading)
 
 
-def check_request(out: Path, *, merge: bool, quantize: str | None, gguf: bool) -> None:
+def check_request(
+    out: Path, *, merge: bool, quantize: str | None, gguf: bool, quant: str | None = None
+) -> None:
     """Every mistake in the command line itself, as one UserError, before anything is loaded or written."""
+    if quant is not None and not gguf:
+        raise UserError("--quant is the GGUF tensor type", field="--quant", expected="--gguf --quant TYPE")
     if gguf:
-        raise UserError(GGUF_UNSUPPORTED, field="--gguf", expected="--merge or --quantize int8")
+        gguf_export.check_quant(quant)
+        if quantize is not None or merge:
+            raise UserError(
+                "--gguf is an export of its own", expected="--gguf, --merge or --quantize int8 per --out"
+            )
     if quantize is not None and quantize not in QUANTIZE_MODES:
         if quantize.lower() in BITSANDBYTES_MODES:
             raise UserError(
@@ -64,8 +70,8 @@ def check_request(out: Path, *, merge: bool, quantize: str | None, gguf: bool) -
                 expected="int8 (CPU dynamic quantization)",
             )
         raise UserError(f"unknown quantize mode '{quantize}'", field="--quantize", expected="int8")
-    if not merge and quantize is None:
-        raise UserError("nothing to export", expected="--merge and/or --quantize int8")
+    if not merge and quantize is None and not gguf:
+        raise UserError("nothing to export", expected="--merge, --quantize int8 or --gguf")
     if out.exists():
         raise UserError(
             "output folder exists (export never overwrites)", file=str(out), expected="a new --out"
@@ -235,22 +241,32 @@ def export(
     merge_weights: bool = False,
     quantize: str | None = None,
     gguf: bool = False,
+    quant: str | None = None,
     data: str | None = None,
 ) -> Path:
     """Write the export folder ``out`` for the run ``run_dir`` (see the module docstring); returns ``out``."""
     from glmtune.core.runs import atomic_write_json, atomic_write_text
 
     run_dir, out = Path(run_dir), Path(out)
-    check_request(out, merge=merge_weights, quantize=quantize, gguf=gguf)
+    check_request(out, merge=merge_weights, quantize=quantize, gguf=gguf, quant=quant)
     loaded = _load_run(run_dir)
     model = merge(loaded)
+    if gguf:
+        gguf_export.check(loaded.cfg.task, model, loaded.tokenizer)  # refusals before anything is written
     int8 = quantize == "int8"
     run_cfg = loaded.cfg  # measuring swaps in a copy without autocast
     report = measure_int8(loaded, data) if int8 else None  # quantizes the model in place
     with new_folder(out) as tmp:
-        _write_model(tmp, loaded, model, int8)
+        if gguf:
+            written = gguf_export.write_gguf(
+                tmp, loaded, model, gguf_export.check_quant(quant), _chat_template(loaded)
+            )
+        else:
+            _write_model(tmp, loaded, model, int8)
         native = native_class(model, loaded.tokenizer)
         notes = _notes(run_cfg, native, run_dir, int8)
+        if gguf:
+            notes.update(weights="gguf", loads_with=gguf_export.LOADS_WITH, gguf=written)
         atomic_write_json(tmp / EXPORT_FILE, notes)
         if report is not None:
             atomic_write_json(tmp / "quantization.json", report)
@@ -283,6 +299,8 @@ def load_export(folder: str | Path) -> Any:
     if not is_export(folder):
         raise UserError(f"not a glmtune export folder (no {EXPORT_FILE})", file=str(folder))
     notes = read_json(folder / EXPORT_FILE)
+    if notes.get("weights") == "gguf":
+        raise UserError("a GGUF-only export", file=str(folder), expected=gguf_export.LOADS_WITH)
     if notes.get("format") != EXPORT_FORMAT:
         raise UserError(
             f"export format {notes.get('format')} (glmtune {notes.get('glmtune')})",

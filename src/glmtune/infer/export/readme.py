@@ -54,6 +54,22 @@ loaded = load_export("DIR")  # replies.LoadedLM (sft) or classify.LoadedRun (cla
 Or `glmtune chat DIR` / `glmtune predict DIR --text "..."`. `quantization.json` holds the measured speed and
 quality against the merged fp32 model."""
 
+_GGUF = """## GGUF (llama.cpp, Ollama)
+
+`FILE` ({quant}, architecture `{arch}`, {tokenizer} tokenizer) holds the weights, the tokenizer and the chat template
+(`tokenizer.chat_template`). `Modelfile` points Ollama at it with the run's stop tokens and sampling settings:
+```sh
+ollama create my-model -f Modelfile && ollama run my-model  # the prompt format comes from the file
+llama-cli -m FILE -cnv  # llama.cpp's chat, same template
+```
+transformers reads it too (dequantized to float): `AutoModelForCausalLM.from_pretrained("DIR", gguf_file="FILE")`,
+`AutoTokenizer.from_pretrained("DIR", gguf_file="FILE")`."""
+
+
+def _gguf_section(written: dict[str, Any]) -> str:
+    text = _GGUF.format(quant=written["quant"], arch=written["architecture"], tokenizer=written["tokenizer"])
+    return text.replace("FILE", written["file"])
+
 
 class Native(NamedTuple):
     """A model whose class is glmtune's own, not transformers', as its config class declares it (``native_family``,
@@ -81,7 +97,9 @@ def _native_causal(native: Native) -> str:
 def readme(notes: dict[str, Any], report: dict[str, Any] | None, native: Native | None = None) -> str:
     """README.md of an export folder, from its export.json ``notes``, the int8 ``report`` (if any) and, for a
     model whose class is glmtune's own, how it loads (``native``)."""
-    if notes["weights"] == "int8":
+    if notes["weights"] == "gguf":
+        how = _gguf_section(notes["gguf"])
+    elif notes["weights"] == "int8":
         how = _INT8
     elif notes["task"] in ("sft", "preference"):  # core.config.CAUSAL_TASKS
         how = _native_causal(native) if native is not None else _CAUSAL

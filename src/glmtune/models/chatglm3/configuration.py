@@ -31,6 +31,14 @@ class ChatGLM3Config(PretrainedConfig):
     # classes (no remote code). `native_family` is the name to show people.
     native_family: ClassVar[str] = "ChatGLM3"
     native_import: ClassVar[str] = "glmtune.models.chatglm3"
+    # Why a GGUF export (llama.cpp) is refused, for tools that write one: gguf's CHATGLM tensor names are reachable
+    # from these weights (strip 'transformer.'), but the tokenizer needs llama.cpp's own conversion and nothing
+    # installable here reads such a file back to check it.
+    gguf_refusal: ClassVar[str] = (
+        "ChatGLM3 is not exported to GGUF: its tokenizer needs llama.cpp's ChatGLM3-specific SentencePiece "
+        "conversion, and neither transformers' GGUF loader (no chatglm architecture) nor anything installable "
+        "here can read the file back to check it"
+    )
     # Generic names used by transformers, peft and our own heads -> official ChatGLM names.
     attribute_map: ClassVar[dict[str, str]] = {
         "num_hidden_layers": "num_layers",
