@@ -22,6 +22,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def tiny_served(tiny_model_dir) -> dict:
+    """``glmtune serve``'s registry over the tiny Llama (plain template), by its name ``tiny_model_dir.name``."""
+    from glmtune.infer.serve.registry import load_models
+
+    return load_models([str(tiny_model_dir)], template="plain")
+
+
+@pytest.fixture(scope="module")
 def chatglm3_dir(tmp_path_factory) -> Path:
     """The official config.json shrunk to 2 layers of width 64, random weights, the real tokenizer (65,024 ids).
 

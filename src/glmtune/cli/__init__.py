@@ -1,7 +1,9 @@
-"""`glmtune train|eval|predict|chat|serve|export|ensemble|tune|models|data|env`: command names → plain functions.
+"""`glmtune train|eval|predict|chat|serve|export|ensemble|tune|models|data|kb|prune|explain|env`: command names →
+plain functions.
 
 parser.py (argparse: commands, flags, help) · training.py (train, tune) · inference.py (eval, predict, chat,
-serve, export, ensemble) · data.py (models, data list/inspect/augment) · env.py (env). Heavy imports (torch,
+serve, export, ensemble) · data.py (models, data list/inspect/augment/redact) · kb.py (kb build/search) ·
+prune.py (prune, with its recovery training) · explain.py (explain) · env.py (env). Heavy imports (torch,
 transformers) live inside the command functions so ``glmtune --help`` is instant. ``main`` is the console script;
 every command that computes starts with glmtune's thread count (``core.hardware.apply_threads``).
 """

@@ -1,8 +1,8 @@
-"""Looking before training: ``glmtune models`` and ``glmtune data list|inspect|augment``.
+"""Looking before training: ``glmtune models`` and ``glmtune data list|inspect|augment|redact``.
 
-Lists of built-in models and datasets, an SFT config's first conversations as the model sees them, and a
-preview of ``data.augment`` copies; nothing is written. Heavy imports live inside the functions so
-``glmtune --help`` stays instant.
+Lists of built-in models and datasets, an SFT config's first conversations as the model sees them, and
+previews of ``data.augment`` copies and of ``data.redact``'s replacements; nothing is written. Heavy imports
+live inside the functions so ``glmtune --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ def cmd_data(args: argparse.Namespace) -> None:
     if args.action == "augment":
         preview_augment(args)
         return
+    if args.action == "redact":
+        preview_redact(args)
+        return
     from glmtune.data import list_datasets
 
     for row in list_datasets():
@@ -45,6 +48,19 @@ def preview_augment(args: argparse.Namespace) -> None:
         )
     cfg = config.load(args.config, args.overrides)
     for line in preview(cfg, args.preview, translator_for(cfg.data.augment)):
+        print(line)
+
+
+def preview_redact(args: argparse.Namespace) -> None:
+    """The first examples of a config in which ``data.redact`` replaces something, before and after (no model)."""
+    from glmtune.core import config
+    from glmtune.data.redact_preview import preview
+
+    if args.config is None:
+        raise UserError(
+            "no config given", expected="glmtune data redact CONFIG.yaml [key=value ...] --preview [N]"
+        )
+    for line in preview(config.load(args.config, args.overrides), args.preview):
         print(line)
 
 

@@ -178,6 +178,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         merge_weights=args.merge,
         quantize=args.quantize,
         gguf=args.gguf,
+        quant=args.quant,
         data=args.data,
     )
     print(out)
@@ -204,7 +205,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         batch_wait_s=args.batch_wait_ms / 1000,
     )
     options = dict(host=args.host, port=args.port, api_key=args.api_key, template=args.template)
-    serve(args.targets, limits=limits, allowed_hosts=args.allowed_hosts, **options)
+    monitoring = dict(metrics_public=args.metrics_public, log_content=args.log_content)
+    serve(args.targets, limits=limits, allowed_hosts=args.allowed_hosts, **options, **monitoring)
 
 
 __all__ = ["cmd_chat", "cmd_ensemble", "cmd_eval", "cmd_export", "cmd_predict", "cmd_serve"]

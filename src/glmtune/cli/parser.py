@@ -11,7 +11,9 @@ from glmtune import __version__
 from glmtune.cli import kb
 from glmtune.cli.data import cmd_data, cmd_models
 from glmtune.cli.env import cmd_env
+from glmtune.cli.explain import cmd_explain
 from glmtune.cli.inference import cmd_chat, cmd_ensemble, cmd_eval, cmd_export, cmd_predict, cmd_serve
+from glmtune.cli.prune import add_parser as add_prune_parser
 from glmtune.cli.training import cmd_train, cmd_tune
 
 
@@ -35,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="--resume: also load a checkpoint of the older layout, whose pickle files (*.pkl, *.bin) can run "
         "any code they hold: only for a run folder you made yourself or fully trust (default: refused)",
+    )
+    p.add_argument(
+        "--from",
+        dest="from_run",
+        metavar="RUN_DIR",
+        help="continue from a finished run's weights on new data (sets model.from_run; docs/retrain.md)",
     )
     p.set_defaults(func=cmd_train)
 
@@ -78,14 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_ensemble)
 
-    p = sub.add_parser("export", help="a run → a standalone model folder: merged, or CPU int8")
+    p = sub.add_parser("export", help="a run → a standalone model folder: merged, CPU int8, or GGUF")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="the new export folder (never overwritten)")
     p.add_argument("--merge", action="store_true", help="fold LoRA/freeze/full weights into one model folder")
     p.add_argument("--quantize", metavar="MODE", help="int8: CPU int8 Linear weights (implies --merge)")
-    p.add_argument("--gguf", action="store_true", help="GGUF (not supported; see README)")
+    p.add_argument("--gguf", action="store_true", help="a GGUF file + Ollama Modelfile (llama.cpp, Ollama)")
+    p.add_argument("--quant", metavar="TYPE", help="--gguf tensor type: f16 (default), q8_0, bf16, f32")
     p.add_argument("--data", help="--quantize: measure quality on this file instead of the run's test split")
     p.set_defaults(func=cmd_export)
+    add_prune_parser(sub)  # glmtune prune: its flags live beside the command (cli/prune.py)
 
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server over runs and models")
     p.add_argument("targets", nargs="+", metavar="RUN_DIR|MODEL", help="runs (sft, classification) or models")
@@ -108,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 429")
     p.add_argument("--max-batch-size", type=int, default=8, help="requests generated together in one batch")
     p.add_argument("--batch-wait-ms", type=float, default=50.0, help="wait for company in a batch (ms)")
+    p.add_argument("--metrics-public", action="store_true", help="GET /metrics without the API key")
+    p.add_argument("--log-content", action="store_true", help="prompts and replies in the JSON access log")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("tune", help="hyper-parameter search (Optuna) over the config's tune.space")
@@ -123,10 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="the built-in model cache to inspect")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("data", help="built-in datasets; inspect sft encoding; preview data.augment")
-    p.add_argument("action", choices=["list", "inspect", "augment"])
-    p.add_argument("config", nargs="?", help="inspect: the sft config; augment: the config")
-    p.add_argument("overrides", nargs="*", help="inspect/augment: dotted overrides like data.template=chatml")
+    p = sub.add_parser(
+        "data", help="built-in datasets; inspect sft encoding; preview data.augment, data.redact"
+    )
+    p.add_argument("action", choices=["list", "inspect", "augment", "redact"])
+    p.add_argument("config", nargs="?", help="inspect: the sft config; augment/redact: the config")
+    p.add_argument(
+        "overrides", nargs="*", help="inspect/augment/redact: dotted overrides like data.template=chatml"
+    )
     p.add_argument("--n", type=int, default=3, help="inspect: how many training conversations to show")
     p.add_argument(
         "--preview",
@@ -135,9 +151,26 @@ def build_parser() -> argparse.ArgumentParser:
         const=5,
         default=5,
         metavar="N",
-        help="augment: show the first N training examples beside their augmented copies (default 5)",
+        help="augment: show the first N training examples beside their augmented copies; redact: the first N "
+        "examples with something replaced, before and after (default 5)",
     )
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser(
+        "explain", help="why a run answered: token attributions (classification), reply log-probs (sft)"
+    )
+    p.add_argument("run_dir")
+    p.add_argument(
+        "--text", help="one text (sft: the user's message): prints it coloured, writes HTML/PNG/JSONL"
+    )
+    p.add_argument("--input", help="a file of texts (sft: prompts, or conversations ending with the reply)")
+    p.add_argument("--label", help="classification: attribute toward this label (default: the predicted one)")
+    p.add_argument(
+        "--reply", help="sft/preference, with --text: score this reply (default: the run generates one)"
+    )
+    p.add_argument("--steps", type=int, help="integrated-gradients steps (default 256)")
+    p.add_argument("--out", help="where the files go (default: RUN/explain/)")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("env", help="this machine's facts for a bug report: versions, CPU, threads, precision")
     p.add_argument("--json", action="store_true", help="one JSON object instead of '- key: value' lines")

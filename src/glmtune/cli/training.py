@@ -8,6 +8,7 @@ is one line too (exit 2). Heavy imports live inside the functions so ``glmtune -
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -20,6 +21,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     positional = list(args.args)
     config_path = positional.pop(0) if positional and "=" not in positional[0] else None
+    if getattr(args, "from_run", None):  # the flag is the config key (quoted: a folder named 2024 stays text)
+        positional.append(f"model.from_run={json.dumps(args.from_run)}")
     if args.resume:
         if config_path or positional:
             raise UserError(
@@ -38,6 +41,12 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise UserError("no config given", expected="glmtune train CONFIG.yaml [key=value ...]")
         cfg = config.load(config_path, positional)
         output = Path(args.output) if args.output else train.default_output(config_path)
+        if cfg.model.from_run is not None and Path(cfg.model.from_run).resolve() == output.resolve():
+            raise UserError(
+                "the run to continue from is the output folder",
+                field="model.from_run",
+                expected="another --output for the continued run",
+            )
     if not args.resume or output.is_dir():  # a missing run to resume: "run folder not found", below
         check_writable(output)
     with os_errors_are_user_errors(output):

@@ -8,8 +8,9 @@ rows. Carved splits are stratified by label where every class is large enough (e
 warning) and keep file order within each split, so prediction files read like the source. The text and label
 columns are ``data.columns.text``/``label`` (or ``data.text_column``/``label_column``); ``data.dataset`` may name
 a dataset of ``data.dataset_info``. Texts shared between splits are counted and warned about
-(``data.leakage``), and removed from training with ``data.dedup_across_splits``. What each split read and kept
-is counted (``data.summary``; the task adds truncation and augmented copies).
+(``data.leakage``), and removed from training with ``data.dedup_across_splits``. Personal data is replaced by
+placeholders (``data.redact``) in every split before that comparison, so nothing later sees the originals. What
+each split read and kept is counted (``data.summary``; the task adds truncation and augmented copies).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from glmtune.data.builtin import load_builtin
 from glmtune.data.dataset_info import read_entry, resolve_dataset
 from glmtune.data.leakage import DEDUP_REASON, drop_leaked, find_leakage
 from glmtune.data.read import LINE_KEY, read_records, require_columns, where
+from glmtune.data.redact import Redactor, redact_items, redact_splits
 from glmtune.data.summary import SplitCounts, new_counts
 
 logger = logging.getLogger(__name__)
@@ -275,6 +277,9 @@ def load_classification(cfg: DataConfig) -> ClassificationData:
     if cfg.max_eval_samples is not None and cfg.max_eval_samples < len(validation):
         counts["validation"].remove("over data.max_eval_samples", len(validation) - cfg.max_eval_samples)
         _, validation = _take(validation, cfg.max_eval_samples, cfg.seed, "data.max_eval_samples")
+    train, validation, test = redact_splits(
+        {"train": train, "validation": validation, "test": test}, cfg.redact, Redactor.texted, counts
+    )
     leakage = find_leakage({"train": train, "validation": validation, "test": test}, _text, _origin)
     if cfg.dedup_across_splits and leakage:
         kept = drop_leaked(train, [validation, test], _text)
@@ -317,9 +322,10 @@ def load_labelled_file(
 
 def read_labelled_file(path: str, cfg: DataConfig, labels: list[str] | None = None) -> list[Example]:
     """``load_labelled_file`` read as training reads files: ``data.columns`` (or ``data.*_column``),
-    ``data.encoding`` and ``data.sheet`` (``glmtune eval --data``, export's quality check)."""
+    ``data.encoding``, ``data.sheet`` and ``data.redact`` (``glmtune eval --data``, export's quality check)."""
     text, label = text_label_columns(cfg)
-    return load_labelled_file(path, text, label, labels, encoding=cfg.encoding, sheet=cfg.sheet)
+    examples = load_labelled_file(path, text, label, labels, encoding=cfg.encoding, sheet=cfg.sheet)
+    return redact_items(examples, cfg.redact, Redactor.texted)[0]
 
 
 def describe(data: ClassificationData) -> str:

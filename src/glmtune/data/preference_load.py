@@ -3,19 +3,23 @@
 ``data.train_file`` (or ``data.dataset``, a built-in preference dataset) is read by ``data.preference``; validation
 and test come from ``data.validation_file`` / ``data.test_file`` or are carved from the training records (seeded
 by ``data.seed``), as SFT does. ``data.max_train_samples`` / ``max_eval_samples`` cap the training and validation
-examples (a seeded sample, file order kept).
+examples (a seeded sample, file order kept). ``data.redact`` replaces personal data in every message of every split
+(and of a file read for ``glmtune eval --data``), counted per split in the summary.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from glmtune.core.config import DataConfig
 from glmtune.core.errors import UserError
 from glmtune.data.classification import split_count
 from glmtune.data.preference import PreferenceExample, examples_from_records
 from glmtune.data.read import read_records
+from glmtune.data.redact import Redactor, redact_items, redact_splits
+from glmtune.data.summary import SplitCounts, new_counts
 
 
 @dataclass
@@ -25,13 +29,26 @@ class PreferenceData:
     train: list[PreferenceExample]
     validation: list[PreferenceExample]
     test: list[PreferenceExample]
+    counts: dict[str, SplitCounts] = field(default_factory=dict)  # only ``redacted`` is kept here
 
-    def summary(self) -> dict[str, dict[str, int]]:
-        return {name: {"total": len(getattr(self, name))} for name in ("train", "validation", "test")}
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """data_summary.json: per split its examples (``total``) and, under ``data.redact``, ``redacted``."""
+        summary: dict[str, dict[str, Any]] = {}
+        for name in ("train", "validation", "test"):
+            summary[name] = {"total": len(getattr(self, name))}
+            redacted = self.counts[name].redacted if name in self.counts else None
+            if redacted is not None:
+                summary[name]["redacted"] = redacted
+        return summary
 
 
 def read_examples(path: str, cfg: DataConfig) -> list[PreferenceExample]:
-    """Every example of a file (any preference format); an empty file is an error."""
+    """Every example of a file (any preference format), redacted as training's were (``data.redact``); an empty
+    file is an error."""
+    return redact_items(_read(path, cfg), cfg.redact, Redactor.preference)[0]
+
+
+def _read(path: str, cfg: DataConfig) -> list[PreferenceExample]:
     examples = examples_from_records(read_records(path, encoding=cfg.encoding, sheet=cfg.sheet), path)
     if not examples:
         raise UserError("no examples in the file", file=path, expected="at least one record")
@@ -61,13 +78,13 @@ def _sample(examples: list[PreferenceExample], limit: int | None, seed: int) -> 
 def load_preference(cfg: DataConfig) -> PreferenceData:
     """Read, check and split the data of a preference run (see the module docstring)."""
     if cfg.train_file is not None:
-        pool = read_examples(cfg.train_file, cfg)
+        pool = _read(cfg.train_file, cfg)
     elif cfg.dataset is not None:
         pool = _builtin(cfg.dataset)
     else:
         raise UserError("no data", field="data.train_file", expected="a preference file or data.dataset")
-    validation = read_examples(cfg.validation_file, cfg) if cfg.validation_file else None
-    test = read_examples(cfg.test_file, cfg) if cfg.test_file else None
+    validation = _read(cfg.validation_file, cfg) if cfg.validation_file else None
+    test = _read(cfg.test_file, cfg) if cfg.test_file else None
     n_test = split_count(cfg.test_size, len(pool), "data.test_size") if test is None else 0
     n_validation = (
         split_count(cfg.validation_size, len(pool), "data.validation_size") if validation is None else 0
@@ -87,7 +104,12 @@ def load_preference(cfg: DataConfig) -> PreferenceData:
     validation = _sample(
         validation if validation is not None else carved_validation, cfg.max_eval_samples, cfg.seed
     )
-    return PreferenceData(train, validation, test if test is not None else carved_test)
+    test = test if test is not None else carved_test
+    counts = new_counts({})
+    train, validation, test = redact_splits(
+        {"train": train, "validation": validation, "test": test}, cfg.redact, Redactor.preference, counts
+    )
+    return PreferenceData(train, validation, test, counts)
 
 
 __all__ = ["PreferenceData", "load_preference", "read_examples"]

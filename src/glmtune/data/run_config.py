@@ -41,7 +41,8 @@ def run_config(cfg: Config) -> Config:
         dataset_info=_absolute(data.dataset_info),
         augment=augment,
     )
-    return dataclasses.replace(cfg, data=data)
+    model = dataclasses.replace(cfg.model, from_run=_absolute(cfg.model.from_run))  # continued from anywhere
+    return dataclasses.replace(cfg, model=model, data=data)
 
 
 __all__ = ["run_config"]

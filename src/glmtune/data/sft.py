@@ -5,8 +5,9 @@ Sources: ``data.dataset`` (a built-in generation dataset, or one of ``data.datas
 see ``conversation.mix``). Validation and test come from ``data.validation_file`` / ``data.test_file`` or are
 carved (seeded by ``data.seed``) from the pool of all sources *before* weighting, so a repeated example never
 leaks into them; conversations found in two splits anyway (the same text in two files) are counted and warned
-about (``data.leakage``), and removed from training with ``data.dedup_across_splits``. What each split read and
-kept is counted (``data.summary``: the task adds what encoding truncated and dropped).
+about (``data.leakage``), and removed from training with ``data.dedup_across_splits``. Personal data is replaced by
+placeholders (``data.redact``) in every message before that comparison. What each split read and kept is counted
+(``data.summary``: the task adds what encoding truncated and dropped).
 Encoding is ``data.templates``; batches reuse the length-grouped sampler of ``data.encode``.
 """
 
@@ -36,6 +37,7 @@ from glmtune.data.encode import LengthGroupedBatchSampler
 from glmtune.data.leakage import DEDUP_REASON, drop_leaked, find_leakage
 from glmtune.data.packing import collate_packed, pack
 from glmtune.data.read import read_records
+from glmtune.data.redact import Redactor, redact_items, redact_splits
 from glmtune.data.summary import SplitCounts, new_counts
 from glmtune.data.templates import IGNORE_INDEX, EncodedConversation
 
@@ -75,16 +77,18 @@ def read_file(
     path: str, cfg: DataConfig, format: str | None = None, *, require_reply: bool = True
 ) -> list[Conversation]:
     """The conversations of one file, read as training reads them: ``data.format`` (or ``format``),
-    ``data.columns``, ``data.encoding``, ``data.sheet`` (``glmtune eval --data``, export's quality check).
-    ``require_reply=False`` reads prompts to reply to."""
+    ``data.columns``, ``data.encoding``, ``data.sheet``, ``data.redact`` (``glmtune eval --data``, export's quality
+    check). ``require_reply=False`` reads prompts to reply to: the user's own input, never redacted."""
+    conversations = _read_file(path, format or cfg.format, cfg, require_reply=require_reply)
+    if not require_reply:
+        return conversations
+    return redact_items(conversations, cfg.redact, Redactor.conversation)[0]
+
+
+def _read_file(path: str, format: str, cfg: DataConfig, *, require_reply: bool = True) -> list[Conversation]:
+    """The conversations of a file as written (``load_sft`` redacts its splits itself, counting)."""
     records = read_records(path, encoding=cfg.encoding, sheet=cfg.sheet)
-    return conversations_from_records(
-        records, path, format or cfg.format, require_reply=require_reply, columns=cfg.columns
-    )
-
-
-def _read_file(path: str, format: str, cfg: DataConfig) -> list[Conversation]:
-    return read_file(path, cfg, format)
+    return conversations_from_records(records, path, format, require_reply=require_reply, columns=cfg.columns)
 
 
 def _read(source: TrainSource, cfg: DataConfig) -> list[Conversation]:
@@ -103,12 +107,32 @@ def _read(source: TrainSource, cfg: DataConfig) -> list[Conversation]:
     return conversations
 
 
+def _given_splits(sources: list[TrainSource], cfg: DataConfig) -> dict[str, list[Conversation]] | None:
+    """The splits a built-in dataset comes with (``split_field``), when it is the only source; else None."""
+    from glmtune.data.builtin import get_dataset
+
+    if len(sources) != 1 or sources[0].dataset is None or cfg.dataset_info is not None:
+        return None
+    dataset = get_dataset(sources[0].dataset)
+    if dataset.split_field is None:
+        return None
+    records = dataset.loader()
+    conversations = conversations_from_records(records, dataset.name, dataset.format)
+    splits: dict[str, list[Conversation]] = {"train": [], "validation": [], "test": []}
+    for record, conversation in zip(records, conversations, strict=True):
+        splits[record[dataset.split_field]].append(conversation)
+    return splits
+
+
 def load_sft(cfg: DataConfig) -> SFTData:
     """Read, check, split and mix the data of an SFT run (see the module docstring)."""
     sources = _sources(cfg)
-    pools = [_read(source, cfg) for source in sources]
+    given = _given_splits(sources, cfg)  # a built-in dataset with its own splits (xinghe-qa: by product)
+    pools = [given["train"]] if given else [_read(source, cfg) for source in sources]
     validation = _read_file(cfg.validation_file, cfg.format, cfg) if cfg.validation_file else None
     test = _read_file(cfg.test_file, cfg.format, cfg) if cfg.test_file else None
+    if given:
+        validation, test = validation or given["validation"], test or given["test"]
     total = sum(len(pool) for pool in pools)
     n_test = split_count(cfg.test_size, total, "data.test_size") if test is None else 0
     n_validation = (
@@ -145,6 +169,9 @@ def load_sft(cfg: DataConfig) -> SFTData:
         counts["validation"].remove("over data.max_eval_samples", len(validation) - cfg.max_eval_samples)
         keep = sorted(random.Random(cfg.seed).sample(range(len(validation)), cfg.max_eval_samples))
         validation = [validation[i] for i in keep]
+    train, validation, test = redact_splits(
+        {"train": train, "validation": validation, "test": test}, cfg.redact, Redactor.conversation, counts
+    )
     leakage = find_leakage({"train": train, "validation": validation, "test": test}, _text, _origin)
     if cfg.dedup_across_splits and leakage:
         kept = drop_leaked(train, [validation, test], _text)

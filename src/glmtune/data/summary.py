@@ -10,7 +10,9 @@ validation and test). Per split:
 * ``truncated``: kept examples cut to fit ``train.max_seq_len`` (still used);
 * ``dropped``: kept examples left out at encoding, by reason (a conversation whose last round alone does not fit);
 * ``used``: what the model trains or is evaluated on: ``kept`` + ``added`` (augmented copies, mixing weights
-  above 1) - ``dropped``.
+  above 1) - ``dropped``;
+* ``redacted`` (only under ``data.redact``): personal data replaced by placeholders, per type, in the examples
+  the split kept (a repeated example counts each time; augmented copies are made from redacted texts).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class SplitCounts:
     added: dict[str, int] = field(default_factory=dict)  # reason → examples added (augmentation, weights)
     truncated: int = 0
     dropped_by: dict[str, int] = field(default_factory=dict)  # reason → examples left out at encoding
+    redacted: dict[str, int] | None = None  # data.redact type → replacements; None: redaction off
 
     def remove(self, reason: str, count: int) -> None:
         if count > 0:
@@ -70,17 +73,23 @@ class SplitCounts:
     def to_json(self) -> dict[str, Any]:
         """``data_summary.json``'s ``counts`` of the split: the five numbers and every reason behind them."""
         numbers: dict[str, Any] = {name: getattr(self, name) for name in COLUMNS}
+        redacted = {} if self.redacted is None else {"redacted": dict(self.redacted)}
         return {
             **numbers,
             "removed": dict(self.removed),
             "added": dict(self.added),
             "dropped_by": dict(self.dropped_by),
+            **redacted,
         }
 
 
-def new_counts(reads: Mapping[str, int]) -> dict[str, SplitCounts]:
-    """Fresh counts for the splits, each with what it read."""
-    return {name: SplitCounts(read=reads.get(name, 0)) for name in SPLITS}
+def new_counts(
+    reads: Mapping[str, int], redacted: Mapping[str, dict[str, int] | None] | None = None
+) -> dict[str, SplitCounts]:
+    """Fresh counts for the splits, each with what it read (and what ``data.redact`` replaced in it)."""
+    return {
+        name: SplitCounts(read=reads.get(name, 0), redacted=(redacted or {}).get(name)) for name in SPLITS
+    }
 
 
 def counts_table(counts: Mapping[str, SplitCounts]) -> str:
@@ -99,7 +108,21 @@ def counts_table(counts: Mapping[str, SplitCounts]) -> str:
             for reason, count in getattr(c, attribute).items():
                 reasons.setdefault(reason, []).append(f"{name} {count}")
         lines += [f"{label}: {reason} ({', '.join(where)})" for reason, where in reasons.items()]
-    return "\n".join(lines)
+    return "\n".join(lines + redacted_lines(counts))
 
 
-__all__ = ["COLUMNS", "SPLITS", "SplitCounts", "counts_table", "new_counts"]
+def redacted_lines(counts: Mapping[str, SplitCounts]) -> list[str]:
+    """``redacted: phone (train 12, test 2)`` per type found; ``redacted: nothing found`` when on but idle."""
+    found: dict[str, list[str]] = {}
+    for name, c in counts.items():
+        for kind, count in (c.redacted or {}).items():
+            found.setdefault(kind, [])
+            if count:
+                found[kind].append(f"{name} {count}")
+    if not found:
+        return []  # data.redact is off
+    lines = [f"redacted: {kind} ({', '.join(where)})" for kind, where in found.items() if where]
+    return lines or [f"redacted: nothing found ({', '.join(found)})"]
+
+
+__all__ = ["COLUMNS", "SPLITS", "SplitCounts", "counts_table", "new_counts", "redacted_lines"]

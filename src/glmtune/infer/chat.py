@@ -38,7 +38,8 @@ def fit_history(
     cfg = loaded.cfg
     budget = max(1, window - max_new_tokens)
     while True:
-        ids = prompt_ids(loaded.tokenizer, system + history, None, cfg.data.template, 10**9)
+        messages = loaded.with_knowledge(system + history)  # knowledge.kb: passages for the last user turn
+        ids = prompt_ids(loaded.tokenizer, messages, None, cfg.data.template, 10**9)
         starts = [i for i, m in enumerate(history) if m.role == "user"]
         if len(ids) <= budget or len(starts) <= 1:
             return history, ids[-budget:]

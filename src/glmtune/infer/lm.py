@@ -19,7 +19,8 @@ from glmtune import methods
 from glmtune.core.config import CAUSAL_TASKS, Config
 from glmtune.core.errors import UserError
 from glmtune.core.runs import RunDir
-from glmtune.data.conversation import Conversation, Message
+from glmtune.data.conversation import Conversation
+from glmtune.data.prompt_file import read_prompts
 
 
 def as_config_field(error: UserError) -> UserError:
@@ -108,6 +109,19 @@ class LoadedLM:
     tokenizer: Any
     format: Any  # the resolved chat template (stop ids, parse_reply)
     run: RunDir | None = None
+    retrieval: Any = None  # knowledge.kb: data.knowledge.retrieval.Retrieval, else None
+
+    def with_knowledge(self, messages: list[Any], tools: Any = None) -> list[Any]:
+        """``messages`` with the passages retrieved for the last user turn (a run trained with ``knowledge.kb``),
+        as few cut as needed for the prompt to fit ``train.max_seq_len``; as they are otherwise."""
+        if self.retrieval is None:
+            return messages
+        limit = self.cfg.train.max_seq_len
+
+        def fits(candidate: list[Any]) -> bool:
+            return len(prompt_ids(self.tokenizer, candidate, tools, self.format, 10**9)) <= limit
+
+        return self.retrieval.augment_messages(messages, fits)[0]
 
     def autocast(self) -> Any:
         from glmtune.models.precision import mixed_precision
@@ -138,7 +152,16 @@ def load_run(path: str | Path, *, full_precision: bool = False) -> LoadedLM:
     model, tokenizer = load_model_or_run(cfg.model, config_overrides=overrides)
     methods.load(model, cfg.method, run)
     fmt = resolve_template(tokenizer, cfg.data.template)
-    return LoadedLM(cfg, _place(model.eval()), tokenizer, fmt, run)
+    return LoadedLM(cfg, _place(model.eval()), tokenizer, fmt, run, open_knowledge(run, cfg))
+
+
+def open_knowledge(run: RunDir, cfg: Config) -> Any:
+    """The run's knowledge base (``knowledge.kb``), checked to be the one it was trained with."""
+    from glmtune.core.runs import read_json
+    from glmtune.data.knowledge.retrieval import open_retrieval
+
+    record = run.path / "knowledge.json"
+    return open_retrieval(cfg.knowledge, read_json(record)["kb_id"] if record.is_file() else None)
 
 
 def _is_run(name_or_path: str) -> bool:
@@ -211,52 +234,6 @@ def load(run_or_model: str, template: str | None = None) -> LoadedLM:
     return load_base(run_or_model, template or "auto")
 
 
-def read_prompts(path: str | Path, data: Any = None) -> list[Conversation]:
-    """Prompts to reply to, from a JSONL/JSON/CSV/... file: ``messages`` (or sharegpt ``conversations``) ending
-    with the user's turn, else a ``prompt``, ``text`` or alpaca ``instruction`` (+ ``input``) column, with an
-    optional ``system``. ``data``: the run's ``DataConfig``, to read the file as training read its files (its
-    ``columns`` names, ``encoding``, ``sheet``)."""
-    from glmtune.core.config import DataConfig
-    from glmtune.data.read import columns_of, read_records, where
-    from glmtune.data.sft import read_file
-
-    data = data if data is not None else DataConfig(train_file=str(path))
-    names = data.columns or {}
-    records = read_records(path, encoding=data.encoding, sheet=data.sheet)
-    if not records:
-        raise UserError("no prompts in the file", file=str(path), expected="at least one record")
-    columns = columns_of(records)
-    if {names.get("messages", "messages"), "messages", "conversations"} & set(columns):
-        return read_file(str(path), data, "auto", require_reply=False)
-    candidates = (
-        names.get("prompt", "prompt"),
-        names.get("text", "text"),
-        names.get("instruction", "instruction"),
-    )
-    key = next((c for c in candidates if c in columns), None)
-    if key is None:
-        raise UserError(
-            f"no prompt column (found: {', '.join(columns) or 'none'})",
-            file=str(path),
-            expected="a messages, prompt, text or instruction column",
-        )
-    prompts = []
-    for record in records:
-        text, extra = record.get(key), record.get(names.get("input", "input"))
-        system = record.get(names.get("system", "system"))
-        if not isinstance(text, str) or not text.strip():
-            raise UserError(
-                f"got {text!r}", **where(path, record.get("_line")), field=key, expected="a non-empty string"
-            )
-        if key == candidates[2] and isinstance(extra, str) and extra.strip():
-            text = f"{text}\n{extra}"
-        messages = ([Message("system", system)] if isinstance(system, str) and system else []) + [
-            Message("user", text)
-        ]
-        prompts.append(Conversation(messages, None, record.get("_line"), str(path)))
-    return prompts
-
-
 def reply_all(
     loaded: LoadedLM, prompts: list[Conversation], *, progress: bool = False
 ) -> list[dict[str, Any]]:
@@ -264,7 +241,13 @@ def reply_all(
     (``message``: ``{"content"}``, or a tool call ``{"name", "parameters"}`` for templates that have them)."""
     cfg = loaded.cfg
     ids = [
-        prompt_ids(loaded.tokenizer, p.messages, p.tools, loaded.format, cfg.train.max_seq_len)
+        prompt_ids(
+            loaded.tokenizer,
+            loaded.with_knowledge(p.messages, p.tools),
+            p.tools,
+            loaded.format,
+            cfg.train.max_seq_len,
+        )
         for p in prompts
     ]
     gen_cfg = generation_config(cfg, loaded.format.stop_ids())
@@ -333,6 +316,18 @@ def conversation_loss(loaded: LoadedLM, conversations: list[Conversation], encod
     return total / count if count else float("nan")
 
 
+def _with_knowledge(loaded: LoadedLM, conversations: list[Conversation]) -> list[Conversation]:
+    """Whole conversations with their passages, cut to fit as training did (the same ``fits``)."""
+    if loaded.retrieval is None:
+        return conversations
+
+    def fits(conversation: Conversation) -> bool:
+        encoded = encode_for_eval(loaded, [conversation])
+        return not (encoded.num_dropped or encoded.num_truncated)
+
+    return loaded.retrieval.augment(conversations, fits)[0]
+
+
 def evaluate_conversations(
     loaded: LoadedLM, conversations: list[Conversation], *, progress: bool = True, counts: Any = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -343,6 +338,7 @@ def evaluate_conversations(
 
     from glmtune import metrics as evaluation
 
+    conversations = _with_knowledge(loaded, conversations)
     encoded = encode_for_eval(loaded, conversations)
     if counts is not None:
         counts.encoded(encoded.num_truncated, encoded.num_dropped, loaded.cfg.train.max_seq_len)
@@ -372,6 +368,7 @@ __all__ = [
     "load_base",
     "load_model_or_run",
     "load_run",
+    "open_knowledge",
     "prompt_ids",
     "read_prompts",
     "reference_text",

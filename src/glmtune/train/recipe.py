@@ -24,7 +24,7 @@ from glmtune.core.runs import RunDir, atomic_write_json, atomic_write_text
 from glmtune.data.run_config import run_config
 from glmtune.methods.speed import for_autocast
 from glmtune.models.precision import AUTOCAST_DTYPES, mixed_precision
-from glmtune.train import tasks
+from glmtune.train import continue_from, tasks
 from glmtune.train.budget import plan_budget, resume_budget
 from glmtune.train.checkpoint import Found, find, load
 from glmtune.train.loop import Session, TrainerState, build_optimizer, fit, total_steps
@@ -126,6 +126,7 @@ def _build(cfg: Config, task: Any, accelerator: Any) -> tuple[torch.nn.Module, A
     accelerate. Returns the method's summary too."""
     model, tokenizer = task.build_model()
     params = methods.apply(model, cfg.method)
+    continue_from.restore_weights(model, cfg)  # model.from_run: the earlier run's weights, not the base's
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     loaders = task.make_loaders(tokenizer, model)  # encoded once: templates, label masks, truncation

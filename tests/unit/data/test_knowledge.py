@@ -112,3 +112,21 @@ def test_cli_build_then_search_prints_json_hits(docs, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["kb", "search", str(tmp_path / "kb"), "pair"])
     assert "pairing.txt" in capsys.readouterr().err
+
+
+def test_the_builtin_qa_set_comes_split_by_product_and_its_answers_are_in_the_manual(tmp_path):
+    from glmtune.core.config import from_dict
+    from glmtune.data.knowledge import demo
+    from glmtune.data.sft import load_sft
+
+    data = load_sft(from_dict({"task": "sft", "data": {"dataset": "xinghe-qa", "test_size": 0.5}}).data)
+    assert (len(data.train), len(data.validation), len(data.test)) == (224, 48, 48)  # its own splits win
+    products = {
+        split: {r["product"] for r in demo.qa_records() if r["split"] == split} for split in ("train", "test")
+    }
+    assert not products["train"] & products["test"]
+    pages = {p["name"]: demo.manual_page(p) for p in demo.products()}
+    for record in demo.qa_records():
+        assert record["output"] in pages[record["product"]], record
+    manual = demo.write_manual(tmp_path / "manual")
+    assert len(list(manual.glob("*.md"))) == 40

@@ -48,7 +48,9 @@ def test_conversation_prompts_follow_the_runs_tags(tmp_path):
 def served(template: str, chat_template: str | None) -> ServedModel:
     tokenizer = bpe_tokenizer("chatml" if template != "plain" else "plain", chat_template)
     fmt = resolve_template(tokenizer, template)
-    lm = SimpleNamespace(tokenizer=tokenizer, format=fmt, cfg=SimpleNamespace())
+    lm = SimpleNamespace(
+        tokenizer=tokenizer, format=fmt, cfg=SimpleNamespace(), with_knowledge=lambda m, t=None: m
+    )
     return ServedModel("m", "sft", lm=lm)
 
 

@@ -36,6 +36,8 @@ DATA_COLUMNS = (
     "messages",
     "tools",
 )
+# ``data.redact`` types (``glmtune.data.redact``: what each replaces, its placeholder, the order applied).
+REDACT_TYPES = ("phone", "email", "id_card", "bank_card", "ip", "url")
 DATA_TAGS = (
     "role_tag",
     "content_tag",
@@ -84,6 +86,12 @@ class ModelConfig:
     """Attention kernel. ``auto``: ``eager`` on a CPU-only machine for transformers' models (faster training at
     these lengths), transformers' default (SDPA) on a GPU and for ChatGLM3. For sequences of thousands of tokens
     on a CPU, ``sdpa`` needs less memory than ``eager``."""
+
+    from_run: str | None = None
+    """Continue from a finished run folder of the same task (``glmtune train CFG --from RUN`` sets it): its trained
+    weights (adapter or body tensors, classification head) replace the fresh ones and its label order is kept;
+    the same ``name_or_path``, ``num_layers`` and method are required. ``lineage.json`` records it
+    (docs/retrain.md). Preference runs start from an SFT run through ``name_or_path`` instead."""
 
     def __post_init__(self) -> None:
         _choice(self.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
@@ -211,6 +219,18 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     """Noisy copies of the training split only: the ``data.augment`` section."""
 
+    redact: list[str] = field(default_factory=list)
+    """Personal data replaced by typed placeholders in every split's texts before encoding, e.g. ``[phone, email,
+    id_card, bank_card, ip, url]``: Chinese mobile numbers → ``[PHONE]``, emails → ``[EMAIL]``, resident ID
+    numbers with a right check character → ``[ID_CARD]``, card numbers passing the Luhn check → ``[BANK_CARD]``,
+    IPv4/IPv6 → ``[IP]``, links → ``[URL]`` (``docs/privacy.md``); counted per type in the data summary.
+    ``glmtune data redact CONFIG --preview`` shows before and after. Empty: off."""
+
+    replay: float = 0.0
+    """With ``model.from_run``, against forgetting: add ``round(replay × N)`` examples (N: this run's training split
+    as read, before ``augment``'s copies), a sample seeded by ``train.seed`` of the earlier run's training split
+    (as its config.yaml reads and splits it; at most all of it); 0.2: replayed examples are 20% of N. 0: none."""
+
     def __post_init__(self) -> None:
         if (
             self.dataset is None
@@ -233,7 +253,10 @@ class DataConfig:
         _positive(self.test_size, "data.test_size", allow_zero=True)
         _positive(self.max_train_samples, "data.max_train_samples")
         _positive(self.max_eval_samples, "data.max_eval_samples")
+        _positive(self.replay, "data.replay", allow_zero=True)
         self._check_columns()
+        for kind in self.redact:
+            _choice(kind, REDACT_TYPES, "data.redact")
         if self.encoding != "auto":
             try:
                 codecs.lookup(self.encoding)

@@ -34,6 +34,7 @@ from glmtune.core.config.choices import (
     _positive,
 )
 from glmtune.core.config.eval_tune import EvalConfig, GenerateConfig, TuneConfig
+from glmtune.core.config.knowledge import KnowledgeConfig
 from glmtune.core.config.method_train import AdversarialConfig, DistillConfig, MethodConfig, TrainConfig
 from glmtune.core.config.model_data import DataConfig, ModelConfig, PromptConfig, TrainSource
 from glmtune.core.config.preference import PreferenceConfig
@@ -62,6 +63,7 @@ __all__ = [
     "DistillConfig",
     "EvalConfig",
     "GenerateConfig",
+    "KnowledgeConfig",
     "MethodConfig",
     "ModelConfig",
     "PreferenceConfig",
@@ -109,6 +111,9 @@ class Config:
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     """Preference tuning (``task: preference``): the ``preference`` section."""
 
+    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
+    """Retrieval-augmented fine-tuning and inference (``task: sft``): the ``knowledge`` section."""
+
     def __post_init__(self) -> None:
         _choice(self.task, TASKS, "task")
         allowed = TASK_METRICS[self.task]
@@ -135,11 +140,29 @@ class Config:
                 field="model.quantization",
                 expected="method.name: lora (QLoRA: adapters over frozen quantized weights), or quantization: none",
             )
+        if self.knowledge.enabled and self.task != "sft":
+            raise UserError(
+                f"retrieved passages go into SFT conversations (got task: {self.task})",
+                field="knowledge.kb",
+                expected="task: sft, or knowledge.kb: null",
+            )
         if self.prompt.template is not None and self.task != "classification":
             raise UserError(
                 f"a prompt template is for task: classification (got task: {self.task})",
                 field="prompt.template",
                 expected="null for this task",
+            )
+        if self.model.from_run is not None and self.task == "preference":
+            raise UserError(
+                "a preference run continues from an SFT run through model.name_or_path (docs/preference.md)",
+                field="model.from_run",
+                expected="null for task: preference, and model.name_or_path: the SFT run folder",
+            )
+        if self.data.replay and self.model.from_run is None:
+            raise UserError(
+                f"got {self.data.replay}, but no earlier run is continued (model.from_run is unset)",
+                field="data.replay",
+                expected="0, or model.from_run (glmtune train CFG --from RUN)",
             )
 
     def to_dict(self) -> dict[str, Any]:

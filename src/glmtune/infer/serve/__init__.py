@@ -2,7 +2,8 @@
 
 protocol.py (the wire format) · guard.py (auth, limits, error objects) · app.py (the routes) · handlers.py (each
 endpoint's work) · limits.py · replies.py (response builders) · scheduler.py (queue + batching worker) · batch.py
-(one batched ``generate`` over requests with their own settings) · registry.py (what is served, by name).
+(one batched ``generate`` over requests with their own settings) · registry.py (what is served, by name) ·
+monitor.py (``/metrics`` and the JSON access log).
 """
 
 from __future__ import annotations
@@ -51,16 +52,21 @@ def serve(
     template: str | None = None,
     log_level: str = "info",
     allowed_hosts: list[str] | None = None,
+    metrics_public: bool = False,
+    log_content: bool = False,
 ) -> None:
     """Bind, load every target, print where it serves, and serve until SIGINT/SIGTERM (uvicorn's graceful
     shutdown: no new connections, in-flight requests finish, then the worker drains and stops).
 
     ``allowed_hosts``: ``Host`` names answered besides the loopback ones and ``host`` itself (when it is not a
-    wildcard address); ``["*"]`` answers any."""
+    wildcard address); ``["*"]`` answers any. ``metrics_public``: ``/metrics`` answered without the key;
+    ``log_content``: prompts and replies in the access log (one JSON line per request on stdout, which replaces
+    uvicorn's own access log)."""
     import uvicorn
 
     from glmtune.infer.serve.app import Limits, create_app
     from glmtune.infer.serve.guard import check_api_key
+    from glmtune.infer.serve.monitor import install_access_log
     from glmtune.infer.serve.registry import load_models
 
     limits = limits or Limits()
@@ -70,14 +76,18 @@ def serve(
     sock = bind(host, port)
     try:
         served = load_models(targets, template)
-        app = create_app(served, limits, api_key, hosts)
+        app = create_app(
+            served, limits, api_key, hosts, metrics_public=metrics_public, log_content=log_content
+        )
         config = uvicorn.Config(
             app,
             log_level=log_level,
+            access_log=False,  # serve.monitor writes one JSON line per request instead
             timeout_graceful_shutdown=int(limits.timeout_s) + 5,
             h11_max_incomplete_event_size=limits.max_body_bytes,
         )
         hide_query_strings()
+        install_access_log()
         bound_host, bound_port = sock.getsockname()[:2]
         names = ", ".join(served)
         auth = " (API key required)" if api_key else ""

@@ -158,6 +158,8 @@ class _RowTracker(StoppingCriteria):
         self.tokens: list[list[int]] = [[] for _ in rows]
         self.shown = [""] * len(rows)
         self.done = [False] * len(rows)
+        # A reader may want the time of its first token (the server's ``Job``: time to first token); optional.
+        self.first = [getattr(row, "first_token", None) for row in rows]
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         # [batch]: the token each row just got (padding once a row is done)
@@ -166,6 +168,8 @@ class _RowTracker(StoppingCriteria):
             if self.done[index]:
                 continue
             self.tokens[index].append(newest[index])
+            if len(self.tokens[index]) == 1 and self.first[index] is not None:
+                self.first[index]()
             if row.is_cancelled():
                 self.done[index] = True
                 continue

@@ -4,8 +4,9 @@ middleware), and the error handlers that turn every failure into OpenAI's error 
 * ``Host`` must name this server: loopback names by default (``localhost``, ``127.0.0.1``, ``[::1]``, any port),
   more with ``--allowed-hosts`` (``*`` for any). A page on another site whose name was rebound to this address
   (DNS rebinding) sends its own name, and gets 400.
-* The key, when one is set, guards every path but ``/health`` (``/openapi.json`` included); it is compared as bytes,
-  in constant time, so any header value is a 401 or a pass, never an error.
+* The key, when one is set, guards every path but ``/health`` (``/openapi.json`` and ``/metrics`` included, unless
+  ``--metrics-public``); it is compared as bytes, in constant time, so any header value is a 401 or a pass, never an
+  error.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class APIError(Exception):
 # =========================================================================== guard: host, API key, body size
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
-OPEN_PATHS = ("/health",)  # answered without the key: probes
+OPEN_PATHS = ("/health",)  # answered without the key: probes (and /metrics with --metrics-public)
 
 
 def check_api_key(key: str | None) -> None:
@@ -79,7 +80,7 @@ def _host_allowed(host: bytes, allowed: frozenset[str]) -> bool:
 
 class Guard:
     """ASGI middleware run before routing and body parsing: the ``Host`` (400), the API key (401) on every path
-    but ``/health``, then the body size (413; the body is read here, at most ``max_bytes``, and handed on)."""
+    but ``open_paths``, then the body size (413; the body is read here, at most ``max_bytes``, and handed on)."""
 
     def __init__(
         self,
@@ -87,8 +88,10 @@ class Guard:
         api_key: str | None,
         max_bytes: int,
         allowed_hosts: frozenset[str] = frozenset(LOOPBACK_HOSTS),
+        open_paths: tuple[str, ...] = OPEN_PATHS,
     ):
         self.app, self.max_bytes, self.allowed_hosts = app, max_bytes, allowed_hosts
+        self.open_paths = open_paths
         self.api_key = None if api_key is None else api_key.encode("ascii")
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -100,7 +103,7 @@ class Guard:
             message = "this server does not answer for that Host (glmtune serve --allowed-hosts adds names)"
             await _reply(scope, receive, send, APIError(400, message, param="Host", code="host_not_allowed"))
             return
-        if self.api_key is not None and scope["path"] not in OPEN_PATHS:
+        if self.api_key is not None and scope["path"] not in self.open_paths:
             scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
             if scheme.lower() != b"bearer" or not secrets.compare_digest(given.strip(), self.api_key):
                 message = (

@@ -22,6 +22,7 @@ from glmtune.infer.serve import protocol as p
 from glmtune.infer.serve.batch import RowRequest
 from glmtune.infer.serve.guard import APIError
 from glmtune.infer.serve.limits import Limits
+from glmtune.infer.serve.monitor import record_of
 from glmtune.infer.serve.registry import ServedModel
 from glmtune.infer.serve.replies import reply_message, sse
 from glmtune.infer.serve.scheduler import Job, QueueFull, Scheduler
@@ -123,14 +124,19 @@ class Handlers:
     async def result(self, job: Job, request: Request) -> Any:
         """The job's result; its error (this request's alone: the batch engine keeps the others going) is logged
         and raised as a 500 ``APIError``."""
-        async with contextlib.aclosing(self._wait(job, request)) as events:
-            async for event in events:
-                if event.kind == "error":
-                    log.error("generation failed", exc_info=event.value)
-                    raise APIError(500, "the model failed on this request (the server's log has the details)",
-                                   "server_error", code="generation_failed") from event.value  # fmt: skip
-                if event.kind == "done":
-                    return event.value
+        try:
+            async with contextlib.aclosing(self._wait(job, request)) as events:
+                async for event in events:
+                    if event.kind == "error":
+                        log.error("generation failed", exc_info=event.value)
+                        message = "the model failed on this request (the server's log has the details)"
+                        raise APIError(
+                            500, message, "server_error", code="generation_failed"
+                        ) from event.value
+                    if event.kind == "done":
+                        return event.value
+        finally:
+            record_of(request).add_jobs([job])
         raise RuntimeError("a job ended without a result")
 
     def _timeout(self) -> APIError:
@@ -140,6 +146,9 @@ class Handlers:
     # ---- chat
     async def chat(self, body: p.ChatCompletionRequest, request: Request) -> Any:
         model = self.pick(body.model, "sft")
+        record = record_of(request)
+        record.model, record.stream = model.name, body.stream
+        record.prompt = [{"role": m.role, "content": m.text()} for m in body.messages]
         if len(body.messages) > self.limits.max_messages:
             raise APIError(400, f"{len(body.messages)} messages; this server allows at most "
                            f"{self.limits.max_messages}", param="messages", code="too_many_messages")  # fmt: skip
@@ -149,6 +158,7 @@ class Handlers:
             else []
         )
         ids = await run_in_threadpool(_encode_chat, model, body, tools or None)
+        record.prompt_tokens = len(ids)
         row = self.row(model, body, ids, self.max_tokens(body.token_limit(), model, len(ids)))
         use_tools = bool(tools) and model.supports_tools
         job = self.submit(model, row, stream=body.stream)
@@ -161,6 +171,7 @@ class Handlers:
         except _ClientGone:
             return Response(status_code=499)
         message, finish_reason = reply_message(model, result, use_tools)
+        record.completion_tokens, record.reply = len(result.token_ids), _content(message)
         choice = p.ChatChoice(message=message, finish_reason=finish_reason)
         return p.ChatCompletion(id=p.new_id("chatcmpl"), created=p.now(), model=model.name, choices=[choice],
                                 usage=p.usage(len(ids), len(result.token_ids)))  # fmt: skip
@@ -196,6 +207,8 @@ class Handlers:
                 return
             elif kind == "done":
                 message, finish_reason = reply_message(model, value, use_tools)
+                record = record_of(request)
+                record.completion_tokens, record.reply = len(value.token_ids), _content(message)
                 if message.tool_calls:
                     calls = [{"index": i, **call.model_dump()} for i, call in enumerate(message.tool_calls)]
                     yield chunk(p.ChunkDelta(tool_calls=calls))
@@ -217,18 +230,24 @@ class Handlers:
                 async for event in events:
                     if event.kind == "error":
                         log.error("generation failed", exc_info=event.value)
+                        record_of(request).stream_error(500, "generation_failed")
                         yield "error", sse(p.error_body("generation failed", "server_error"))
                         return
                     yield event.kind, event.value
         except _ClientGone:
             return
         except APIError as error:
+            record_of(request).stream_error(error.status, error.body["error"]["code"])
             yield "error", sse(error.body)
+        finally:
+            record_of(request).add_jobs([job])
 
     # ---- completions
     async def complete(self, body: p.CompletionRequest, request: Request) -> Any:
         model = self.pick(body.model, "sft")
         prompts = body.prompts()
+        record = record_of(request)
+        record.model, record.stream, record.prompt = model.name, body.stream, prompts
         if len(prompts) > self.limits.max_inputs:
             raise APIError(400, f"{len(prompts)} prompts; this server allows at most {self.limits.max_inputs}",
                            param="prompt")  # fmt: skip
@@ -237,6 +256,7 @@ class Handlers:
         ids = [await run_in_threadpool(model.text_prompt, prompt) for prompt in prompts]
         if any(not row for row in ids):
             raise APIError(400, "an empty prompt (no tokens)", param="prompt")
+        record.prompt_tokens = sum(map(len, ids))
         rows = [self.row(model, body, row, self.max_tokens(body.max_tokens, model, len(row))) for row in ids]
         if body.stream:
             job = self.submit(model, rows[0], stream=True)
@@ -260,6 +280,7 @@ class Handlers:
             for i, r in enumerate(results)
         ]
         used = p.usage(sum(map(len, ids)), sum(len(r.token_ids) for r in results))
+        record.completion_tokens, record.reply = used.completion_tokens, [r.text for r in results]
         return p.Completion(
             id=p.new_id("cmpl"), created=p.now(), model=model.name, choices=choices, usage=used
         )
@@ -282,6 +303,8 @@ class Handlers:
                 yield value
                 return
             elif kind == "done":
+                record = record_of(request)
+                record.completion_tokens, record.reply = len(value.token_ids), value.text
                 yield chunk("", value.finish_reason)
                 if body.stream_options and body.stream_options.include_usage:
                     yield chunk("", usage=p.usage(prompt_tokens, len(value.token_ids)))
@@ -293,6 +316,8 @@ class Handlers:
 
         model = self.pick(body.model, "classification")
         texts = body.texts()
+        record = record_of(request)
+        record.model, record.inputs, record.prompt = model.name, len(texts), texts
         if len(texts) > self.limits.max_inputs:
             raise APIError(400, f"{len(texts)} texts; this server allows at most {self.limits.max_inputs}",
                            param="input")  # fmt: skip
@@ -302,7 +327,15 @@ class Handlers:
             return Response(status_code=499)  # type: ignore[return-value]
         labels = model.classifier.labels
         data = [p.Classification(index=i, **prediction(row, labels)) for i, row in enumerate(probs)]
+        record.reply = [item.label for item in data]
         return p.ClassifyResponse(model=model.name, data=data, usage={"inputs": len(texts)})
+
+
+def _content(message: p.ResponseMessage) -> Any:
+    """A reply's content for the access log (``--log-content``): its text, or its tool calls."""
+    if message.tool_calls:
+        return [call.model_dump() for call in message.tool_calls]
+    return message.content
 
 
 def _encode_chat(model: ServedModel, body: p.ChatCompletionRequest, tools: list[dict] | None) -> list[int]:

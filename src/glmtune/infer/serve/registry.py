@@ -51,6 +51,7 @@ class ServedModel:
                 field="tools",
                 expected="no tools for this model (or serve a model whose chat format renders tools)",
             )
+        messages = self.lm.with_knowledge(messages, tools)  # knowledge.kb: the run's passages, as in training
         return prompt_ids(self.lm.tokenizer, messages, tools, fmt, 10**9)
 
     def text_prompt(self, text: str) -> list[int]:
@@ -146,13 +147,14 @@ def _shared_base(served: dict[str, ServedModel], run: Path) -> ServedModel | Non
 
 def _add_adapter(base: ServedModel, run_path: Path, adapter: str, name: str) -> ServedModel:
     from glmtune.core import config as config_mod
-    from glmtune.infer.lm import LoadedLM, resolve_template
+    from glmtune.infer.lm import LoadedLM, open_knowledge, resolve_template
 
     run = RunDir(run_path)
     cfg = config_mod.load(run.config)
     base.lm.model.backbone.load_adapter(str(run.adapter), adapter_name=adapter)
     tokenizer = base.lm.tokenizer
-    lm = LoadedLM(cfg, base.lm.model, tokenizer, resolve_template(tokenizer, cfg.data.template), run)
+    fmt = resolve_template(tokenizer, cfg.data.template)
+    lm = LoadedLM(cfg, base.lm.model, tokenizer, fmt, run, open_knowledge(run, cfg))
     return _sft(name, lm, adapter)
 
 

@@ -14,12 +14,15 @@ the CPU, and switching the active adapter between batches is safe.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger("glmtune.serve")
 
 
 class QueueFull(Exception):
@@ -44,6 +47,8 @@ class Job:
         self.wants_text = wants_text
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.created = time.monotonic()
+        self.started: float | None = None  # when the worker took it into a batch
+        self.first_token_at: float | None = None  # when its first token came (serve.monitor reads it)
         self._cancelled = threading.Event()
         self.finished = False
 
@@ -53,6 +58,10 @@ class Job:
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
+
+    def first_token(self) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
 
     def emit_text(self, text: str) -> None:
         self._put(Event("text", text))
@@ -87,8 +96,10 @@ class Scheduler:
         max_batch_size: int = 8,
         max_queue: int = 64,
         batch_wait_s: float = 0.05,
+        on_batch: Callable[[Hashable, list[Job]], None] | None = None,
     ):
-        self.runners = runners
+        """``on_batch(key, jobs)``: called on the worker thread as each batch starts (``serve.monitor``)."""
+        self.runners, self.on_batch = runners, on_batch
         self.max_batch_size, self.max_queue, self.batch_wait_s = max_batch_size, max_queue, batch_wait_s
         self._waiting: deque[Job] = deque()
         self._condition = threading.Condition()
@@ -150,6 +161,9 @@ class Scheduler:
             taken = {id(job) for job in batch}
             self._waiting = deque(job for job in self._waiting if id(job) not in taken)
             self.stats["running"] = len(batch)
+            now = time.monotonic()
+            for job in batch:
+                job.started = now
             return batch
 
     def _drop_cancelled(self) -> None:
@@ -164,6 +178,11 @@ class Scheduler:
                 return
             self.stats["batches"] += 1
             self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
+            if self.on_batch is not None:
+                try:
+                    self.on_batch(batch[0].key, batch)
+                except Exception:  # noqa: BLE001 - counting a batch must never stop the worker
+                    log.exception("the batch observer failed")
             try:
                 self.runners[batch[0].key](batch)
             except Exception as error:  # noqa: BLE001 - a bug in one batch must not end the server

@@ -60,11 +60,12 @@ class Classification:
 
     # 1. data
     def load_data(self) -> None:
-        from glmtune import data as data_mod
         from glmtune.data.augment import augment_examples
+        from glmtune.train import continue_from
         from glmtune.train.techniques.backtranslate import translator_for
 
-        self.dataset = data_mod.load_classification(self.cfg.data)
+        self.earlier = continue_from.check(self.cfg)  # model.from_run: its label order becomes data.labels
+        self.dataset = continue_from.load_classification(self.cfg, self.earlier)
         # data.augment: noisy copies of the training split only; validation and test stay as read
         read = len(self.dataset.train)
         self.dataset.train = augment_examples(
@@ -74,6 +75,11 @@ class Classification:
             translator_for(self.cfg.data.augment),
         )
         self.dataset.counts["train"].resize("augmented copies (data.augment)", read, len(self.dataset.train))
+        augmented = len(self.dataset.train)  # data.replay: a share of the earlier run's training split
+        self.dataset.train = continue_from.replay(
+            self.cfg, self.earlier, self.dataset.train, read, self.dataset.counts["train"]
+        )
+        self.replayed = len(self.dataset.train) - augmented
         self.labels = self.dataset.labels
         self.splits = {name: getattr(self.dataset, name) for name in ("train", "validation", "test")}
         self.prompt = None  # classification through a prompt (cfg.prompt): the LM's head scores label words
@@ -149,9 +155,10 @@ class Classification:
 
     def describe(self) -> list[str]:
         from glmtune.data.summary import counts_table
+        from glmtune.train.continue_from import describe
 
         truncated = f" (truncated: cut to train.max_seq_len={self.cfg.train.max_seq_len} tokens)"
-        lines = ["examples per split" + truncated, counts_table(self.dataset.counts)]
+        lines = describe(self.cfg) + ["examples per split" + truncated, counts_table(self.dataset.counts)]
         if self.prompt is not None:
             lines.append(f"prompt ({len(self.prompt.demonstrations)}-shot): {self.prompt.render('{text}')!r}")
             # Words of one token are scored in one forward pass; longer ones cost a pass per word (see docs/recipes.md, "Prompt learning and soft prompts").
@@ -222,6 +229,9 @@ class Classification:
 
     # 6. the run folder
     def write_start(self, run: RunDir) -> None:
+        from glmtune.train.continue_from import write_lineage
+
+        write_lineage(run, self.cfg, self.replayed)
         atomic_write_json(run.labels, self.labels)
         atomic_write_json(run.path / "data_summary.json", self.dataset.summary())
         if self.prompt is not None:

@@ -80,9 +80,11 @@ class SFT:
         from glmtune.data.augment import augment_conversations
         from glmtune.data.sft import load_sft
         from glmtune.models.load import load_tokenizer
+        from glmtune.train import continue_from
         from glmtune.train.techniques.backtranslate import translator_for
 
         cfg = self.cfg
+        earlier = continue_from.check(cfg)  # model.from_run: a compatible finished sft run
         self.data = load_sft(cfg.data)
         # data.augment: copies of training conversations with noisy user turns; validation and test as read
         read = len(self.data.train)
@@ -90,6 +92,9 @@ class SFT:
             self.data.train, cfg.data.augment, cfg.train.seed, translator_for(cfg.data.augment)
         )
         self.data.counts["train"].resize("augmented copies (data.augment)", read, len(self.data.train))
+        augmented = len(self.data.train)  # data.replay: a share of the earlier run's training split
+        self.data.train = continue_from.replay(cfg, earlier, self.data.train, read, self.data.counts["train"])
+        self.replayed = len(self.data.train) - augmented
         self.splits = {name: getattr(self.data, name) for name in ("train", "validation", "test")}
         self.tokenizer = load_tokenizer(cfg.model)
         # One format for every split, chosen knowing whether any conversation has tools
@@ -98,6 +103,7 @@ class SFT:
             # the tools chose another format than 'auto' alone gives: config.yaml names it, so a finished run
             # (predict, chat, serve) prompts the model in the format it trained in
             cfg.data.template = self.format.name
+        self.knowledge = _retrieve(self, cfg)  # knowledge.kb: passages into each last user turn, fitted
         self.encoded = {
             name: _encode(self.tokenizer, convs, self.format, cfg) for name, convs in self.splits.items()
         }
@@ -165,8 +171,13 @@ class SFT:
 
     def describe(self) -> list[str]:
         from glmtune.data.summary import counts_table
+        from glmtune.train.continue_from import describe
 
-        lines = [f"template {self.format.name} · stop ids {self.format.stop_ids()}"]
+        lines = describe(self.cfg) + [f"template {self.format.name} · stop ids {self.format.stop_ids()}"]
+        if self.knowledge is not None:
+            from glmtune.data.knowledge.retrieval import describe_record
+
+            lines.append(describe_record(self.knowledge))
         if self.teacher is not None:
             lines.append(f"distilling from {self.cfg.method.distill.teacher} (token-level KL)")
         return lines + ["conversations per split:", counts_table(self.data.counts)]
@@ -316,7 +327,14 @@ class SFT:
 
     # 6. the run folder
     def write_start(self, run: RunDir) -> None:
+        from glmtune.train.continue_from import write_lineage
+
+        write_lineage(run, self.cfg, self.replayed)
         atomic_write_json(run.path / "data_summary.json", self.data.summary())
+        if (
+            self.knowledge is not None
+        ):  # which knowledge base the run learned to read (checked when it is used)
+            atomic_write_json(run.path / "knowledge.json", self.knowledge)
 
     def write_outputs(self, run: RunDir, results: dict[str, Any]) -> None:
         from glmtune import metrics as evaluation
@@ -345,6 +363,19 @@ def _encode(tokenizer: Any, conversations: list[Conversation], fmt: Any, cfg: Co
         )
     except UserError as error:
         raise as_config_field(error) from None
+
+
+def _retrieve(task: SFT, cfg: Config) -> dict[str, Any] | None:
+    """knowledge.kb: ``task.splits`` with passages in each last user turn, cut where a conversation would not fit
+    ``train.max_seq_len``; returns what the run folder records (``knowledge.json``)."""
+    from glmtune.data.knowledge.retrieval import augment_splits
+
+    def fits(conversation: Conversation) -> bool:
+        encoded = _encode(task.tokenizer, [conversation], task.format, cfg)
+        return not (encoded.num_dropped or encoded.num_truncated)
+
+    task.splits, record = augment_splits(cfg.knowledge, task.splits, fits)
+    return record
 
 
 def _prompt(tokenizer: Any, conversation: Conversation, fmt: Any, cfg: Config) -> list[int]:
