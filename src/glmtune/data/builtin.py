@@ -293,6 +293,18 @@ def get_dataset(name: str) -> BuiltinDataset:
     return DATASETS[name]
 
 
+def dataset_for(name: str, task: str) -> BuiltinDataset:
+    """The built-in dataset ``name``, which must be a ``task`` dataset (else one line naming both tasks)."""
+    dataset = get_dataset(name)
+    if dataset.task != task:
+        raise UserError(
+            f"built-in dataset '{name}' is for {dataset.task}, not {task}",
+            field="data.dataset",
+            expected=f"a {task} dataset (glmtune data list)",
+        )
+    return dataset
+
+
 def load_builtin(name: str) -> list[dict[str, Any]]:
     """The records of built-in dataset ``name`` (fresh dicts: callers may change them)."""
     return get_dataset(name).loader()

@@ -87,15 +87,9 @@ def load_conversations(
 
 def load_builtin_conversations(name: str) -> list[Conversation]:
     """The conversations of a built-in generation dataset (``glmtune data list``)."""
-    from glmtune.data.builtin import get_dataset
+    from glmtune.data.builtin import dataset_for
 
-    dataset = get_dataset(name)
-    if dataset.task != "generation":
-        raise UserError(
-            f"built-in dataset '{name}' is for {dataset.task}, not generation",
-            field="data.dataset",
-            expected="a generation dataset",
-        )
+    dataset = dataset_for(name, "generation")
     return conversations_from_records(dataset.loader(), name, dataset.format)
 
 

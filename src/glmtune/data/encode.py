@@ -221,6 +221,23 @@ def make_loader(
     drop_last: bool = False,
 ) -> DataLoader:
     """A DataLoader of padded batches (see LengthGroupedBatchSampler); ``pad_id`` defaults to the dataset's."""
+    pad = dataset.pad_id if pad_id is None else pad_id
+    return grouped_loader(
+        dataset, partial(collate, pad_id=pad), batch_size, seed, shuffle, group_by_length, drop_last
+    )
+
+
+def grouped_loader(
+    dataset: Any,
+    collate_fn: Any,
+    batch_size: int,
+    seed: int = 0,
+    shuffle: bool = False,
+    group_by_length: bool = True,
+    drop_last: bool = False,
+) -> DataLoader:
+    """The one way glmtune batches: a ``dataset`` with ``lengths``, length-grouped batches
+    (LengthGroupedBatchSampler), ``collate_fn`` making each batch, in this process."""
     sampler = LengthGroupedBatchSampler(
         dataset.lengths,
         batch_size,
@@ -229,13 +246,12 @@ def make_loader(
         drop_last=drop_last,
         group_by_length=group_by_length,
     )
-    pad = dataset.pad_id if pad_id is None else pad_id
     # A private generator: creating an iterator draws a base seed from it. From the global RNG, that draw
     # would shift every dropout mask after a resume (the resumed run creates its iterator at another time).
     return DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=partial(collate, pad_id=pad),
+        collate_fn=collate_fn,
         num_workers=0,
         generator=torch.Generator().manual_seed(seed),
     )

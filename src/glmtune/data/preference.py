@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from glmtune.core.errors import UserError
 from glmtune.data.conversation import conversations_from_records
 from glmtune.data.conversation_formats import Where
-from glmtune.data.encode import LengthGroupedBatchSampler
+from glmtune.data.encode import grouped_loader
 from glmtune.data.messages import Conversation, Message
 from glmtune.data.read import LINE_KEY, Record
 from glmtune.data.templates import IGNORE_INDEX
@@ -325,16 +325,8 @@ def make_preference_loader(
 ) -> DataLoader:
     """Length-grouped batches of encoded examples (``collate_preference``)."""
     dataset = _Examples(examples)
-    sampler = LengthGroupedBatchSampler(
-        dataset.lengths, batch_size, seed, shuffle=shuffle, group_by_length=group_by_length
-    )
-    return DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=partial(collate_preference, pad_id=pad_id, max_seq_len=max_seq_len),
-        num_workers=0,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    collate = partial(collate_preference, pad_id=pad_id, max_seq_len=max_seq_len)
+    return grouped_loader(dataset, collate, batch_size, seed, shuffle, group_by_length)
 
 
 __all__ = [

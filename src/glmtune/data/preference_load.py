@@ -56,16 +56,9 @@ def _read(path: str, cfg: DataConfig) -> list[PreferenceExample]:
 
 
 def _builtin(name: str) -> list[PreferenceExample]:
-    from glmtune.data.builtin import get_dataset
+    from glmtune.data.builtin import dataset_for
 
-    dataset = get_dataset(name)
-    if dataset.task != "preference":
-        raise UserError(
-            f"built-in dataset '{name}' is for {dataset.task}, not preference",
-            field="data.dataset",
-            expected="a preference dataset (glmtune data list)",
-        )
-    return examples_from_records(dataset.loader(), name)
+    return examples_from_records(dataset_for(name, "preference").loader(), name)
 
 
 def _sample(examples: list[PreferenceExample], limit: int | None, seed: int) -> list[PreferenceExample]:

@@ -33,7 +33,7 @@ from glmtune.data.conversation import (
     mix,
 )
 from glmtune.data.dataset_info import dataset_name, read_entry, resolve_dataset
-from glmtune.data.encode import LengthGroupedBatchSampler
+from glmtune.data.encode import grouped_loader
 from glmtune.data.leakage import DEDUP_REASON, drop_leaked, find_leakage
 from glmtune.data.packing import collate_packed, pack
 from glmtune.data.read import read_records
@@ -109,11 +109,11 @@ def _read(source: TrainSource, cfg: DataConfig) -> list[Conversation]:
 
 def _given_splits(sources: list[TrainSource], cfg: DataConfig) -> dict[str, list[Conversation]] | None:
     """The splits a built-in dataset comes with (``split_field``), when it is the only source; else None."""
-    from glmtune.data.builtin import get_dataset
+    from glmtune.data.builtin import dataset_for
 
     if len(sources) != 1 or sources[0].dataset is None or cfg.dataset_info is not None:
         return None
-    dataset = get_dataset(sources[0].dataset)
+    dataset = dataset_for(sources[0].dataset, "generation")
     if dataset.split_field is None:
         return None
     records = dataset.loader()
@@ -266,17 +266,7 @@ def make_sft_loader(
     else:
         dataset = ConversationDataset(examples)
         collate = partial(collate_conversations, pad_id=pad_id)
-    sampler = LengthGroupedBatchSampler(
-        dataset.lengths, batch_size, seed, shuffle=shuffle, group_by_length=group_by_length
-    )
-    # A private generator, as in data.encode.make_loader (a resumed run draws the same dropout masks).
-    return DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=collate,
-        num_workers=0,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    return grouped_loader(dataset, collate, batch_size, seed, shuffle, group_by_length)
 
 
 __all__ = [
